@@ -1,0 +1,24 @@
+"""PSF physics: optics, parametric PSF models, image formation and noise."""
+
+from ._formation import OverlapAdd, bilinear_weights, convolve
+from ._models import PSF_MODELS, PSFModel, get_model
+from ._optics import Optics, defocus_um_to_waves, defocus_waves_to_um
+from ._noise import add_noise
+from ._render import as_params, gaussian_psf, render_psf, zernike_psf
+
+__all__ = [
+    "PSF_MODELS",
+    "Optics",
+    "OverlapAdd",
+    "PSFModel",
+    "add_noise",
+    "as_params",
+    "bilinear_weights",
+    "convolve",
+    "defocus_um_to_waves",
+    "defocus_waves_to_um",
+    "gaussian_psf",
+    "get_model",
+    "render_psf",
+    "zernike_psf",
+]
