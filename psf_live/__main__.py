@@ -1,0 +1,5 @@
+"""Allow ``python -m psf_live``."""
+
+from psf_live.cli import main
+
+main()
