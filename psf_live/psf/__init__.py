@@ -2,8 +2,8 @@
 
 from ._formation import OverlapAdd, bilinear_weights, convolve
 from ._models import PSF_MODELS, PSFModel, get_model
-from ._optics import Optics, defocus_um_to_waves, defocus_waves_to_um
 from ._noise import add_noise
+from ._optics import Optics, defocus_um_to_waves, defocus_waves_to_um
 from ._render import as_params, gaussian_psf, render_psf, zernike_psf
 
 __all__ = [

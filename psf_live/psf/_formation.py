@@ -52,7 +52,9 @@ def convolve(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     x = image[None] if squeeze else image
     h = kernel[None] if kernel.ndim == 2 else kernel
     if x.ndim != 3 or h.ndim != 3:
-        raise ValueError("convolve expects (H, W) or (B, H, W) images and (k, k) or (B, k, k) kernels")
+        raise ValueError(
+            "convolve expects (H, W) or (B, H, W) images and (k, k) or (B, k, k) kernels"
+        )
     kh, kw = h.shape[-2:]
     if kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(f"kernel sides must be odd, got {kh}x{kw}")

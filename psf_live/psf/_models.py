@@ -62,9 +62,7 @@ PSF_MODELS: dict[str, PSFModel] = {
             49,
         ),
         PSFModel("zernike1", "zernike", ("focus",), ("waves",), (_FOCUS,), 85),
-        PSFModel(
-            "zernike2", "zernike", ("cylinder", "axis"), ("waves", "rad"), (_CYL, _AXIS), 85
-        ),
+        PSFModel("zernike2", "zernike", ("cylinder", "axis"), ("waves", "rad"), (_CYL, _AXIS), 85),
         PSFModel(
             "zernike3",
             "zernike",

@@ -136,9 +136,13 @@ def zernike_psf(
     inside = rho <= 1.0
     phi = torch.atan2(ky, kx)
     rho2 = rho**2
-    phase = 2 * math.pi * (
-        f[:, None, None] * (_SQRT3 * (2 * rho2 - 1))
-        + c[:, None, None] * (_SQRT6 * rho2 * torch.cos(2 * (phi[None] - a[:, None, None])))
+    phase = (
+        2
+        * math.pi
+        * (
+            f[:, None, None] * (_SQRT3 * (2 * rho2 - 1))
+            + c[:, None, None] * (_SQRT6 * rho2 * torch.cos(2 * (phi[None] - a[:, None, None])))
+        )
     )
     pupil = torch.polar(inside.float().expand_as(phase), phase * inside)
     field = torch.fft.fftshift(
