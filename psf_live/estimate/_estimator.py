@@ -1,0 +1,355 @@
+"""The estimator: a trained patch regressor turned into per-frame PSF maps (Section II-F)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._map import PSFMap, fill_invalid
+from ._patches import DEFAULT_STRIDE, check_frame, extract_patches, patch_centers, patch_starts
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["Estimator"]
+
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _card_meta(card: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(card) and not isinstance(card, type):
+        return dataclasses.asdict(card)
+    if isinstance(card, dict):
+        return dict(card)
+    return dict(getattr(card, "__dict__", {}))
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return np.asarray(x.detach().float().cpu().numpy())
+    return np.asarray(x)
+
+
+class Estimator:
+    """Maps camera frames to spatially-variant PSF parameter maps.
+
+    The frame is cut into 128 x 128 patches (stride 64 by default, last row/column
+    aligned to the frame edge), all patches go through the network as one batch, the
+    outputs are decoded to PSF parameters and a validity probability, and invalid
+    patches are filled by inverse-distance KNN regression over valid neighbours.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Patch regressor, input (B, 1, P, P), output (B, n_outputs) raw codes.
+    card : ModelCard
+        Its model card (``psf_model``, ``param_names``, ``units``, ``patch_size``,
+        ``optics``, ...), see :mod:`psf_live.models`.
+    device : str or torch.device, optional
+        ``"cuda"`` when available by default, else ``"cpu"``.
+    stride : int
+        Default patch stride in pixels.
+    threshold : float
+        A patch is valid when its validity probability is >= ``threshold``.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Autocast precision. ``"auto"``: fp16 (bf16 where supported) on CUDA, fp32 on
+        CPU (bf16 on CPU is opt-in: faster on CPUs with AMX/AVX512-bf16, check the
+        accuracy for your model).
+    num_threads : int, optional
+        Set torch's (process-wide) intra-op CPU thread count.
+    fill : bool
+        Fill invalid patches by inverse-distance KNN (Section II-F).
+    k : int
+        Neighbours for the fill.
+    optimize : bool
+        Fold BatchNorm into convolutions and use channels_last (checked against the
+        unoptimised network on a random batch; kept only when they agree).
+    compile : bool
+        Wrap the network with ``torch.compile`` (first calls are slow).
+    """
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        card: Any,
+        device: str | torch.device | None = None,
+        *,
+        stride: int = DEFAULT_STRIDE,
+        threshold: float = 0.5,
+        precision: str = "auto",
+        num_threads: int | None = None,
+        fill: bool = True,
+        k: int = 4,
+        optimize: bool = True,
+        compile: bool = False,
+    ) -> None:
+        import torch
+
+        from psf_live.models import get_codec
+        from psf_live.nets import normalize_patches
+
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
+        if num_threads is not None:
+            if num_threads < 1:
+                raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+            torch.set_num_threads(num_threads)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.card = card
+        self.meta = _card_meta(card)
+        self.psf_model: str = str(card.psf_model)
+        self.param_names: tuple[str, ...] = tuple(card.param_names)
+        self.units: tuple[str, ...] = tuple(card.units)
+        self.patch_size: int = int(getattr(card, "patch_size", 128))
+        self.stride = int(stride)
+        self.threshold = float(threshold)
+        self.fill = fill
+        self.k = int(k)
+        self.codec = get_codec(self.psf_model)
+        self._normalize = normalize_patches
+        if self.device.type == "cuda":
+            if precision == "auto":
+                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            torch.backends.cudnn.benchmark = True
+        elif precision == "auto":
+            precision = "fp32"
+        self.precision = precision
+        net = net.to(self.device).eval()
+        self.channels_last = False
+        if optimize:
+            net = self._optimize(net)
+        if compile:
+            net = torch.compile(net)  # type: ignore[assignment]
+        self.net = net
+        self._pinned: dict[tuple[int, int], torch.Tensor] = {}
+        self._geometry: dict[tuple[int, int, int], tuple[Any, ...]] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | None = None,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> Estimator:
+        """Load a shipped model by name (default ``zernike3``) or a weights path.
+
+        Raises
+        ------
+        psf_live.models.ModelLoadError
+            Unknown name, missing or corrupt weights.
+        """
+        import torch
+
+        from psf_live.models import DEFAULT_MODEL, load_model
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        net, card = load_model(str(model) if model is not None else DEFAULT_MODEL, device)
+        return cls(net, card, device, **kwargs)
+
+    # ------------------------------------------------------------- optimisation
+    def _optimize(self, net: torch.nn.Module) -> torch.nn.Module:
+        import torch
+
+        probe = torch.randn(4, 1, self.patch_size, self.patch_size, device=self.device)
+        with torch.inference_mode():
+            ref = net(self._normalize(probe)).float()
+        candidate = net
+        with contextlib.suppress(Exception):
+            from torch.fx.experimental.optimization import fuse
+
+            candidate = fuse(net)
+        cl = False
+        with contextlib.suppress(Exception):
+            candidate = candidate.to(memory_format=torch.channels_last)
+            cl = True
+        try:
+            with torch.inference_mode():
+                x = self._normalize(probe)
+                if cl:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out = candidate(x).float()
+            ok = bool(
+                torch.allclose(out, ref, rtol=1e-3, atol=1e-3 * (1 + float(ref.abs().max())))
+            )
+        except Exception:
+            ok = False
+        if ok:
+            self.channels_last = cl
+            return candidate
+        return net
+
+    # ---------------------------------------------------------------- geometry
+    def _grid(self, shape: tuple[int, int], stride: int) -> tuple[Any, ...]:
+        key = (shape[0], shape[1], stride)
+        g = self._geometry.get(key)
+        if g is None:
+            import torch
+
+            p = self.patch_size
+            sy = patch_starts(shape[0], p, stride)
+            sx = patch_starts(shape[1], p, stride)
+            ar = np.arange(p)
+            ry = torch.as_tensor(sy[:, None] + ar[None, :], device=self.device)
+            rx = torch.as_tensor(sx[:, None] + ar[None, :], device=self.device)
+            g = (sy, sx, patch_centers(sy, p), patch_centers(sx, p), ry, rx)
+            self._geometry[key] = g
+        return g
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------ mapping
+    def predict_patches(self, patches: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Run a batch of raw patches (B, 1, P, P) through normalisation, net and codec.
+
+        Returns
+        -------
+        valid_prob : numpy.ndarray
+            (B,) float32.
+        params : numpy.ndarray
+            (B, N) float32 in public units.
+        """
+        import torch
+
+        with torch.inference_mode():
+            x = self._normalize(patches)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                raw = self.net(x)
+            prob, params = self.codec.decode(raw.float())
+        return (
+            _to_numpy(prob).astype(np.float32).reshape(-1),
+            _to_numpy(params).astype(np.float32).reshape(patches.shape[0], -1),
+        )
+
+    def map(
+        self, frame: npt.ArrayLike, stride: int | None = None, fill: bool | None = None
+    ) -> PSFMap:
+        """Compute the PSF map of one frame.
+
+        Parameters
+        ----------
+        frame : array_like
+            2D image, any real dtype (uint8, uint16, float, ...), at least one patch.
+        stride : int, optional
+            Patch stride; defaults to the estimator's.
+        fill : bool, optional
+            Fill invalid patches; defaults to the estimator's setting.
+
+        Returns
+        -------
+        PSFMap
+            With ``timings`` in seconds: ``transfer`` (patch extraction and upload),
+            ``inference`` (normalisation and network), ``post`` (decode, download, fill).
+
+        Raises
+        ------
+        ValueError
+            Not 2D, too small, NaN/inf, unsupported dtype.
+        """
+        import torch
+
+        t0 = time.perf_counter()
+        a = check_frame(frame, self.patch_size)
+        stride = self.stride if stride is None else int(stride)
+        if stride < 1:
+            raise ValueError(f"stride must be a positive integer, got {stride}")
+        fill = self.fill if fill is None else fill
+        p = self.patch_size
+        sy, sx, cy, cx, ry, rx = self._grid((a.shape[0], a.shape[1]), stride)
+        rows, cols = sy.size, sx.size
+        if self.device.type == "cuda":
+            key = (a.shape[0], a.shape[1])
+            buf = self._pinned.get(key)
+            if buf is None:
+                buf = torch.empty(key, dtype=torch.float32).pin_memory()
+                self._pinned[key] = buf
+            np.copyto(buf.numpy(), a, casting="unsafe")
+            dev = buf.to(self.device, non_blocking=True)
+            patches = dev[ry[:, None, :, None], rx[None, :, None, :]].reshape(-1, 1, p, p)
+        else:
+            pt, _, _ = extract_patches(a, p, stride)
+            patches = torch.from_numpy(pt).reshape(-1, 1, p, p)
+        self._sync()
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            x = self._normalize(patches)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                raw = self.net(x)
+        self._sync()
+        t2 = time.perf_counter()
+        with torch.inference_mode():
+            prob_t, params_t = self.codec.decode(raw.float())
+        prob = _to_numpy(prob_t).astype(np.float32).reshape(rows, cols)
+        raw_params = _to_numpy(params_t).astype(np.float32).reshape(rows, cols, -1)
+        valid = prob >= self.threshold
+        params = (
+            fill_invalid(raw_params, valid, cy, cx, self.k, self.param_names)
+            if fill
+            else raw_params
+        )
+        t3 = time.perf_counter()
+        return PSFMap(
+            params=params,
+            valid=valid,
+            valid_prob=prob,
+            centers_y=cy,
+            centers_x=cx,
+            param_names=self.param_names,
+            units=self.units,
+            psf_model=self.psf_model,
+            frame_shape=(int(a.shape[0]), int(a.shape[1])),
+            patch_size=p,
+            stride=stride,
+            meta=self.meta,
+            raw_params=raw_params,
+            filled=bool(fill),
+            timings={"transfer": t1 - t0, "inference": t2 - t1, "post": t3 - t2},
+        )
+
+    def map_stack(self, stack: npt.ArrayLike, stride: int | None = None) -> Iterator[PSFMap]:
+        """Map every frame of a (T, H, W) stack, lazily."""
+        s = np.asarray(stack)
+        if s.ndim != 3:
+            raise ValueError(f"expected a (T, H, W) stack, got {s.ndim}D data of shape {s.shape}")
+        for t in range(s.shape[0]):
+            yield self.map(s[t], stride)
+
+    def warmup(self, shape: tuple[int, int] = (1024, 1024), stride: int | None = None) -> None:
+        """Run a few dummy maps so that allocators, cuDNN and the caches are ready."""
+        frame = np.zeros(shape, np.float32)
+        frame[::7] = 1.0
+        for _ in range(3):
+            self.map(frame, stride)
+
+    def __repr__(self) -> str:
+        name = self.meta.get("name", "?")
+        return (
+            f"Estimator(model={name!r}, psf_model={self.psf_model!r}, device={self.device}, "
+            f"precision={self.precision!r}, stride={self.stride})"
+        )
