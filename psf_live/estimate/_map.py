@@ -47,6 +47,9 @@ class PSFMap:
     timings : dict
         Seconds spent per stage (``transfer``, ``inference``, ``post``) when produced
         by :class:`~psf_live.estimate.Estimator`.
+    summary : FrameSummary or None
+        Global focus and tilt (:func:`~psf_live.estimate.summarize`), filled in by the
+        live mapper.
     """
 
     params: np.ndarray
@@ -64,6 +67,7 @@ class PSFMap:
     raw_params: np.ndarray | None = None
     filled: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    summary: Any = None
 
     @property
     def shape(self) -> tuple[int, int]:
