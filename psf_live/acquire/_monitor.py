@@ -1,0 +1,224 @@
+"""Headless live monitoring and the ``psf-live demo`` job on the simulated microscope."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from psf_live.estimate import DepthCalibration, FrameSummary, PSFMap
+
+from ._live import LiveMapper, LiveStats, MapTimings
+
+__all__ = ["MonitorResult", "format_line", "monitor", "run_demo"]
+
+Echo = Callable[[str], Any]
+
+
+@dataclass
+class MonitorResult:
+    """What :func:`monitor` saw: per-frame summaries and the final statistics."""
+
+    indices: list[int] = field(default_factory=list)
+    summaries: list[FrameSummary] = field(default_factory=list)
+    timings: list[MapTimings] = field(default_factory=list)
+    stats: LiveStats | None = None
+    last_map: PSFMap | None = None
+
+
+def format_line(index: int, s: FrameSummary, stats: LiveStats, t: MapTimings) -> str:
+    """One text line per mapped frame: focus, tilt, rate, latency, drops."""
+    if s.tilt_x_deg is not None and s.tilt_y_deg is not None:
+        tilt = f"tilt x {s.tilt_x_deg:+6.2f} y {s.tilt_y_deg:+6.2f} deg"
+    else:
+        # slopes of the (signed) defocus map, per mm for readable numbers
+        tilt = (
+            f"slope x {s.slope_x * 1e3:+7.3f} y {s.slope_y * 1e3:+7.3f} "
+            f"{s.plane_unit}/mm ({s.plane_quantity})"
+        )
+    return (
+        f"frame {index:5d}  {s.focus_name} {s.focus:6.3f} {s.focus_unit}  {tilt}  "
+        f"valid {s.n_valid:3d}/{s.n_patches:<3d}  fps {stats.map_rate:5.1f}  "
+        f"latency {t.latency * 1e3:6.1f} ms  dropped {stats.frames_dropped}"
+    )
+
+
+def monitor(
+    core: Any,
+    estimator: Any,
+    frames: int = 20,
+    echo: Echo | None = print,
+    timeout: float = 120.0,
+    calibration: DepthCalibration | None = None,
+) -> MonitorResult:
+    """Stream continuous acquisition through a :class:`LiveMapper` and report each map.
+
+    Parameters
+    ----------
+    core : CMMCorePlus
+        A configured core (camera set).
+    estimator : FrameMapper
+        The estimator.
+    frames : int
+        Stop after this many mapped frames.
+    echo : callable, optional
+        Receives one line per mapped frame (from the worker thread).
+    timeout : float
+        Give up after this many seconds.
+    calibration : DepthCalibration, optional
+        For tilts in degrees.
+
+    Returns
+    -------
+    MonitorResult
+    """
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    result = MonitorResult()
+    done = threading.Event()
+    mapper = LiveMapper(core, estimator, mode="latest", calibration=calibration)
+
+    def on_map(index: int, frame: np.ndarray, m: PSFMap, t: MapTimings) -> None:
+        if done.is_set():
+            return
+        result.indices.append(index)
+        result.summaries.append(m.summary)
+        result.timings.append(t)
+        result.last_map = m
+        if echo is not None:
+            echo(format_line(index, m.summary, mapper.stats(), t))
+        if len(result.indices) >= frames:
+            done.set()
+
+    mapper.events.mapReady.connect(on_map)
+    with mapper:
+        core.startContinuousSequenceAcquisition(0)
+        try:
+            finished = done.wait(timeout)
+        finally:
+            core.stopSequenceAcquisition()
+    result.stats = mapper.stats()
+    if not finished:
+        raise TimeoutError(f"only {len(result.indices)} of {frames} frames mapped in {timeout} s")
+    return result
+
+
+def _median(values: list[float]) -> float:
+    v = [x for x in values if not math.isnan(x)]
+    return float(np.median(v)) if v else math.nan
+
+
+def run_demo(
+    frames: int = 30,
+    model: str | None = None,
+    stride: int | None = None,
+    echo: Echo = print,
+) -> MonitorResult:
+    """Run the first-contact job: the simulated scope streams, the live mapper maps, text out.
+
+    Opens the simulated microscope (tilted grid seen through a cylindrical lens), loads
+    the shipped model (or, when no weights are shipped yet, an untrained network so
+    that the pipeline still runs, saying so), maps ``frames`` frames live and prints
+    focus and tilt per frame, a summary, and what is still missing.
+    """
+    from psf_live.acquire import open_core
+    from psf_live.estimate import Estimator
+
+    missing: list[str] = []
+    kwargs: dict[str, Any] = {} if stride is None else {"stride": stride}
+    try:
+        estimator = Estimator.load(model, **kwargs)
+        trained = True
+    except Exception as exc:  # no shipped weights yet, or a bad name
+        if model is not None:
+            raise
+        estimator = _untrained_estimator(**kwargs)
+        trained = False
+        missing.append(
+            f"no shipped weights ({exc}); ran an UNTRAINED network: the numbers below only "
+            "show that the pipeline runs, they are not estimates"
+        )
+    core = open_core()
+    cam = core.getCameraDevice()
+    h, w = core.getImageHeight(), core.getImageWidth()
+    echo(f"psf-live demo: simulated microscope, camera {cam!r} {w}x{h}, {frames} frames")
+    echo(f"estimator: {estimator!r}")
+    truth = _scene_truth(core)
+    if truth:
+        echo(f"ground truth: {truth}")
+    try:
+        result = monitor(core, estimator, frames=frames, echo=echo)
+    finally:
+        _close(core)
+    st = result.stats
+    assert st is not None
+    s = result.summaries
+    echo("summary:")
+    if s:
+        echo(
+            f"  median {s[-1].focus_name} {_median([x.focus for x in s]):.3f} {s[-1].focus_unit}; "
+            f"median slope x {_median([x.slope_x for x in s]) * 1e3:+.3f} "
+            f"y {_median([x.slope_y for x in s]) * 1e3:+.3f} {s[-1].plane_unit}/mm "
+            f"({s[-1].plane_quantity}); median plane residual "
+            f"{_median([x.residual for x in s]):.3f} {s[-1].plane_unit}"
+        )
+    echo(
+        f"  frames in {st.frames_in}, mapped {st.frames_mapped}, dropped {st.frames_dropped}; "
+        f"map rate {st.map_rate:.1f}/s; median latency {st.latency_median * 1e3:.1f} ms"
+    )
+    missing.append(
+        "no depth calibration yet: tilt is the slope of the signed defocus (waves per mm), "
+        "not degrees; depth in micrometres comes with the depth calibration"
+    )
+    if not trained:
+        missing.append("train/ship weights (python -m training.train), then rerun")
+    echo("still missing:")
+    for m in missing:
+        echo(f"  - {m}")
+    return result
+
+
+def _untrained_estimator(**kwargs: Any) -> Any:
+    from psf_live.models import DEFAULT_MODEL, ModelCard, get_codec
+    from psf_live.nets import build_net
+
+    from psf_live.estimate import Estimator
+    from psf_live.psf import Optics, get_model
+
+    pm = get_model(DEFAULT_MODEL)
+    codec = get_codec(pm.name)
+    net = build_net("tiny", codec.n_outputs)
+    card = ModelCard(
+        name="untrained-tiny",
+        psf_model=pm.name,
+        param_names=list(pm.param_names),
+        units=list(pm.units),
+        ranges=[list(r) for r in pm.ranges],
+        arch="tiny",
+        n_outputs=codec.n_outputs,
+        patch_size=128,
+        optics=Optics().to_dict(),
+    )
+    return Estimator(net, card, **kwargs)
+
+
+def _scene_truth(core: Any) -> str:
+    """Describe the simulated scene if the core exposes it (best effort)."""
+    for attr in ("scene", "sim_scene"):
+        scene = getattr(core, attr, None)
+        if scene is not None:
+            return str(scene)
+    return ""
+
+
+def _close(core: Any) -> None:
+    try:
+        if core.isSequenceRunning():
+            core.stopSequenceAcquisition()
+        core.unloadAllDevices()
+    except Exception:
+        pass
