@@ -1,0 +1,114 @@
+"""Map speed of one 1024x1024 frame on 2 CPU cores (issue 4 targets).
+
+Targets: shipped default model, 64 patches (stride 128) <= 6 ms median and
+225 patches (stride 64) <= 20 ms median; ResNet-34 (untrained) timed in the same run
+for the ratio. Run: ``.venv/bin/python benchmarks/map_speed.py [--repeats 30] [--threads 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from psf_live.estimate import Estimator
+
+
+def _untrained(arch: str, **kw: object) -> Estimator:
+    from psf_live.models import DEFAULT_MODEL, ModelCard, get_codec
+    from psf_live.nets import build_net
+
+    from psf_live.psf import Optics, get_model
+
+    pm = get_model(DEFAULT_MODEL)
+    codec = get_codec(pm.name)
+    torch.manual_seed(0)
+    net = build_net(arch, codec.n_outputs)
+    card = ModelCard(
+        name=f"untrained-{arch}",
+        psf_model=pm.name,
+        param_names=list(pm.param_names),
+        units=list(pm.units),
+        ranges=[list(r) for r in pm.ranges],
+        arch=arch,
+        n_outputs=codec.n_outputs,
+        patch_size=128,
+        optics=Optics().to_dict(),
+    )
+    return Estimator(net, card, "cpu", **kw)  # type: ignore[arg-type]
+
+
+def _time(est: Estimator, frame: np.ndarray, stride: int, repeats: int) -> dict[str, float]:
+    for _ in range(3):
+        est.map(frame, stride)
+    tot, inf = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        m = est.map(frame, stride)
+        tot.append(time.perf_counter() - t0)
+        inf.append(m.timings["inference"])
+    return {
+        "median_ms": statistics.median(tot) * 1e3,
+        "inference_ms": statistics.median(inf) * 1e3,
+        "min_ms": min(tot) * 1e3,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resnet-repeats", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(100, 4000, size=(1024, 1024)).astype(np.uint16)
+
+    from psf_live.models import DEFAULT_MODEL
+
+    rows: list[tuple[str, str, int, dict[str, float]]] = []
+    try:
+        default = Estimator.load(DEFAULT_MODEL, device="cpu")
+        label = f"{DEFAULT_MODEL} (shipped, {default.meta.get('arch')})"
+    except Exception as exc:
+        print(f"note: no shipped {DEFAULT_MODEL} weights ({exc}); timing an untrained 'compact'")
+        default = _untrained("compact")
+        label = "compact (untrained)"
+    ests = [(label, default)]
+    bf16 = Estimator(default.net, default.card, "cpu", precision="bf16", optimize=False)
+    ests.append((label + " bf16", bf16))
+    for name, est in ests:
+        for stride in (128, 64):
+            rows.append(
+                (
+                    name,
+                    "fp32" if "bf16" not in name else "bf16",
+                    stride,
+                    _time(est, frame, stride, args.repeats),
+                )
+            )
+    resnet = _untrained("resnet34")
+    rows.append(
+        ("resnet34 (untrained)", "fp32", 128, _time(resnet, frame, 128, args.resnet_repeats))
+    )
+
+    print(f"map of a 1024x1024 uint16 frame, CPU, torch threads = {torch.get_num_threads()}")
+    print(f"{'model':38s} {'patches':>7s} {'median ms':>10s} {'net ms':>8s} {'min ms':>8s}")
+    targets = {128: 6.0, 64: 20.0}
+    for name, _prec, stride, r in rows:
+        n = 64 if stride == 128 else 225
+        tgt = f"  (target <= {targets[stride]:.0f} ms)" if name == label else ""
+        print(
+            f"{name:38s} {n:7d} {r['median_ms']:10.2f} {r['inference_ms']:8.2f} "
+            f"{r['min_ms']:8.2f}{tgt}"
+        )
+    base = next(r for name, _p, s, r in rows if name == label and s == 128)
+    rn = rows[-1][3]
+    print(f"ResNet-34 / default at 64 patches: {rn['median_ms'] / base['median_ms']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
