@@ -1,0 +1,98 @@
+"""``psf-live estimate``: TIFF in, npz out, one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from psf_live.cli import app
+from psf_live.estimate import patch_starts
+
+models = pytest.importorskip("psf_live.models")
+nets = pytest.importorskip("psf_live.nets")
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_estimate_estimator import make_tiny
+
+    net, card = make_tiny()
+    path = tmp_path_factory.mktemp("m") / "tiny.pt"
+    models.save_model(net, card, path)
+    return path
+
+
+def _img(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return rng.integers(0, 4000, size=shape).astype(np.uint16)
+
+
+def test_estimate_2d(tmp_path: Path, model_path: Path, rng: np.random.Generator) -> None:
+    tif = tmp_path / "img.tif"
+    tifffile.imwrite(tif, _img(rng, (256, 320)))
+    out = tmp_path / "map.npz"
+    r = runner.invoke(app, ["estimate", str(tif), "--model", str(model_path), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    with np.load(out) as z:
+        rows, cols = patch_starts(256).size, patch_starts(320).size
+        assert z["params"].shape == (rows, cols, 3)
+        assert z["valid"].shape == (rows, cols) and z["valid"].dtype == bool
+        assert list(z["names"]) == ["focus", "cylinder", "axis"]
+        np.testing.assert_allclose(z["centers_y"], patch_starts(256) + 63.5)
+        np.testing.assert_allclose(z["centers_x"], patch_starts(320) + 63.5)
+
+
+def test_estimate_stack_json(tmp_path: Path, model_path: Path, rng: np.random.Generator) -> None:
+    tif = tmp_path / "stack.tif"
+    tifffile.imwrite(tif, _img(rng, (3, 256, 256)), photometric="minisblack")
+    out = tmp_path / "map.npz"
+    r = runner.invoke(
+        app,
+        ["estimate", str(tif), "-m", str(model_path), "-s", "128", "-o", str(out), "--json"],
+    )
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert len(summary["frames"]) == 3 and summary["grid"] == [2, 2]
+    with np.load(out) as z:
+        assert z["params"].shape == (3, 2, 2, 3)
+        assert z["valid"].shape == (3, 2, 2)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (np.zeros(400, np.uint16), "1D"),
+        (np.zeros((2, 2, 200, 200), np.uint16), "4D"),
+        (np.zeros((64, 400), np.uint16), "smaller"),
+        (np.full((200, 200), np.nan, np.float32), "NaN"),
+    ],
+)
+def test_estimate_bad_input(
+    tmp_path: Path, model_path: Path, data: np.ndarray, match: str
+) -> None:
+    if data.ndim == 1:  # TIFF cannot hold 1D data; .npy input is accepted too
+        tif = tmp_path / "bad.npy"
+        np.save(tif, data)
+    else:
+        tif = tmp_path / "bad.tif"
+        tifffile.imwrite(tif, data, photometric="minisblack")
+    r = runner.invoke(app, ["estimate", str(tif), "-m", str(model_path), "-o", "x.npz"])
+    assert r.exit_code != 0
+    err = r.stderr.strip()
+    assert err.startswith("error:") and match in err and "\n" not in err
+
+
+def test_estimate_missing_file_and_bad_model(tmp_path: Path, rng: np.random.Generator) -> None:
+    r = runner.invoke(app, ["estimate", str(tmp_path / "nope.tif"), "-o", "x.npz"])
+    assert r.exit_code != 0 and "no such file" in r.stderr
+    tif = tmp_path / "img.tif"
+    tifffile.imwrite(tif, _img(rng, (256, 256)))
+    r = runner.invoke(app, ["estimate", str(tif), "-m", str(tmp_path / "no.pt"), "-o", "x.npz"])
+    assert r.exit_code != 0 and "cannot load model" in r.stderr
+    assert "\n" not in r.stderr.strip()

@@ -1,0 +1,146 @@
+"""Estimator on a tiny untrained network: shapes, dtypes, errors, determinism, fill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from psf_live.estimate import Estimator, fill_invalid, patch_starts
+
+models = pytest.importorskip("psf_live.models")
+nets = pytest.importorskip("psf_live.nets")
+
+
+def make_tiny(psf_model: str = "zernike3", seed: int = 0) -> tuple[torch.nn.Module, Any]:
+    from psf_live.psf import Optics, get_model
+
+    pm = get_model(psf_model)
+    codec = models.get_codec(psf_model)
+    torch.manual_seed(seed)
+    net = nets.build_net("tiny", codec.n_outputs)
+    card = models.ModelCard(
+        name=f"tiny-{psf_model}",
+        psf_model=psf_model,
+        param_names=list(pm.param_names),
+        units=list(pm.units),
+        ranges=[list(r) for r in pm.ranges],
+        arch="tiny",
+        n_outputs=codec.n_outputs,
+        patch_size=128,
+        optics=Optics().to_dict(),
+    )
+    return net.eval(), card
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    net, card = make_tiny()
+    path = tmp_path_factory.mktemp("models") / "tiny_zernike3.pt"
+    models.save_model(net, card, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def est(tiny_path: Path) -> Estimator:
+    return Estimator.load(tiny_path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def frame() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 255, size=(300, 420)).astype(np.float32)
+    img[::16] = 255  # some structure
+    return img
+
+
+def test_map_shapes(est: Estimator, frame: np.ndarray) -> None:
+    m = est.map(frame)
+    rows, cols = patch_starts(300, 128, 64).size, patch_starts(420, 128, 64).size
+    assert m.params.shape == (rows, cols, 3) and m.params.dtype == np.float32
+    assert m.valid.shape == (rows, cols) and m.valid.dtype == bool
+    assert m.valid_prob.shape == (rows, cols)
+    assert m.param_names == ("focus", "cylinder", "axis")
+    np.testing.assert_allclose(m.centers_x, patch_starts(420, 128, 64) + 63.5)
+    assert m.frame_shape == (300, 420)
+    assert set(m.timings) == {"transfer", "inference", "post"}
+    assert np.isfinite(m.params).all()
+    m128 = est.map(frame, stride=128)
+    assert m128.shape == (patch_starts(300, 128, 128).size, patch_starts(420, 128, 128).size)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.float64])
+def test_dtypes_agree(est: Estimator, frame: np.ndarray, dtype: type) -> None:
+    ref = est.map(frame)
+    m = est.map(frame.astype(dtype))
+    np.testing.assert_allclose(m.params, ref.params, atol=1e-5)
+    np.testing.assert_array_equal(m.valid, ref.valid)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (np.zeros(300 * 300), "2D"),
+        (np.zeros((2, 300, 300)), "2D"),
+        (np.zeros((64, 300)), "smaller"),
+        (np.full((200, 200), np.nan), "NaN"),
+    ],
+)
+def test_bad_input(est: Estimator, bad: np.ndarray, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        est.map(bad)
+
+
+def test_cpu_deterministic(tiny_path: Path, est: Estimator, frame: np.ndarray) -> None:
+    a = est.map(frame)
+    b = est.map(frame)
+    np.testing.assert_array_equal(a.params, b.params)
+    other = Estimator.load(tiny_path, device="cpu")
+    np.testing.assert_array_equal(other.map(frame).params, a.params)
+
+
+def test_optimized_matches_plain(frame: np.ndarray) -> None:
+    net, card = make_tiny(seed=3)
+    plain = Estimator(net, card, "cpu", optimize=False)
+    ref = plain.map(frame, fill=False)
+    net2, _ = make_tiny(seed=3)
+    opt = Estimator(net2, card, "cpu", optimize=True)
+    m = opt.map(frame, fill=False)
+    np.testing.assert_allclose(m.valid_prob, ref.valid_prob, atol=1e-4)
+    np.testing.assert_allclose(m.params[..., :2], ref.params[..., :2], atol=1e-4)
+
+
+def test_fill_uses_knn_of_valid(frame: np.ndarray) -> None:
+    net, card = make_tiny(seed=1)
+    est = Estimator(net, card, "cpu")
+    raw = est.map(frame, fill=False)
+    est.threshold = float(np.median(raw.valid_prob))  # about half the patches invalid
+    m = est.map(frame)
+    assert 0 < m.n_valid < m.valid.size
+    assert m.raw_params is not None
+    np.testing.assert_array_equal(m.params[m.valid], m.raw_params[m.valid])
+    expect = fill_invalid(m.raw_params, m.valid, m.centers_y, m.centers_x, 4, m.param_names)
+    np.testing.assert_allclose(m.params, expect, atol=1e-6)
+    est.threshold = 2.0  # nothing valid: nothing to fill from, raw values kept
+    none = est.map(frame)
+    assert none.n_valid == 0
+    np.testing.assert_array_equal(none.params, none.raw_params)
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(models.ModelLoadError):
+        Estimator.load(tmp_path / "missing.pt", device="cpu")
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(models.ModelLoadError):
+        Estimator.load(bad, device="cpu")
+
+
+def test_num_threads_and_precision_validation(tiny_path: Path) -> None:
+    with pytest.raises(ValueError, match="precision"):
+        Estimator.load(tiny_path, device="cpu", precision="fp8")
+    with pytest.raises(ValueError, match="num_threads"):
+        Estimator.load(tiny_path, device="cpu", num_threads=0)
