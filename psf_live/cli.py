@@ -78,13 +78,14 @@ def monitor(
     from psf_live.estimate import Estimator
 
     try:
-        est = Estimator.load(model, stride=stride)
-    except Exception as exc:
-        raise fail(f"cannot load model {model or 'default'!r}: {exc}") from None
-    try:
         core = open_core(config)
     except Exception as exc:
-        raise fail(f"cannot open microscope config {config or '(simulated)'}: {exc}") from None
+        raise fail(str(exc)) from None
+    try:
+        est = Estimator.load(model, stride=stride)
+    except Exception as exc:
+        core.unloadAllDevices()
+        raise fail(f"cannot load model {model or 'default'!r}: {exc}") from None
     try:
         result = run_monitor(core, est, frames=frames, echo=typer.echo)
     except TimeoutError as exc:
@@ -92,10 +93,12 @@ def monitor(
     finally:
         if core.isSequenceRunning():
             core.stopSequenceAcquisition()
+        core.unloadAllDevices()
     st = result.stats
     if st is not None:
         typer.echo(
-            f"done: {st.frames_mapped} mapped, {st.frames_dropped} dropped, "
+            f"done: {len(result.indices)} frames reported ({st.frames_in} in, "
+            f"{st.frames_mapped} mapped, {st.frames_dropped} dropped), "
             f"{st.map_rate:.1f} maps/s, median latency {st.latency_median * 1e3:.1f} ms"
         )
 

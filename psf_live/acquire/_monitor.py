@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from psf_live.estimate import DepthCalibration, FrameSummary, PSFMap
+from psf_live.estimate import DEFAULT_LENS_AXIS, DepthCalibration, FrameSummary, PSFMap
 
 from ._live import LiveMapper, LiveStats, MapTimings
 
@@ -54,6 +54,7 @@ def monitor(
     echo: Echo | None = print,
     timeout: float = 120.0,
     calibration: DepthCalibration | None = None,
+    lens_axis: float = DEFAULT_LENS_AXIS,
 ) -> MonitorResult:
     """Stream continuous acquisition through a :class:`LiveMapper` and report each map.
 
@@ -71,6 +72,8 @@ def monitor(
         Give up after this many seconds.
     calibration : DepthCalibration, optional
         For tilts in degrees.
+    lens_axis : float
+        Cylindrical lens axis (radians) for the signed defocus.
 
     Returns
     -------
@@ -80,7 +83,9 @@ def monitor(
         raise ValueError(f"frames must be >= 1, got {frames}")
     result = MonitorResult()
     done = threading.Event()
-    mapper = LiveMapper(core, estimator, mode="latest", calibration=calibration)
+    mapper = LiveMapper(
+        core, estimator, mode="latest", calibration=calibration, lens_axis=lens_axis
+    )
 
     def on_map(index: int, frame: np.ndarray, m: PSFMap, t: MapTimings) -> None:
         if done.is_set():
@@ -139,7 +144,7 @@ def run_demo(
         estimator = _untrained_estimator(**kwargs)
         trained = False
         missing.append(
-            f"no shipped weights ({exc}); ran an UNTRAINED network: the numbers below only "
+            f"no shipped weights ({exc}); this runs an UNTRAINED network: its numbers only "
             "show that the pipeline runs, they are not estimates"
         )
     core = open_core()
@@ -147,11 +152,13 @@ def run_demo(
     h, w = core.getImageHeight(), core.getImageWidth()
     echo(f"psf-live demo: simulated microscope, camera {cam!r} {w}x{h}, {frames} frames")
     echo(f"estimator: {estimator!r}")
-    truth = _scene_truth(core)
+    truth, lens_axis = _scene_truth(core)
     if truth:
         echo(f"ground truth: {truth}")
+    if not trained:
+        echo(f"NOTE: {missing[0]}")
     try:
-        result = monitor(core, estimator, frames=frames, echo=echo)
+        result = monitor(core, estimator, frames=frames, echo=echo, lens_axis=lens_axis)
     finally:
         _close(core)
     st = result.stats
@@ -183,10 +190,9 @@ def run_demo(
 
 
 def _untrained_estimator(**kwargs: Any) -> Any:
+    from psf_live.estimate import Estimator
     from psf_live.models import DEFAULT_MODEL, ModelCard, get_codec
     from psf_live.nets import build_net
-
-    from psf_live.estimate import Estimator
     from psf_live.psf import Optics, get_model
 
     pm = get_model(DEFAULT_MODEL)
@@ -206,13 +212,36 @@ def _untrained_estimator(**kwargs: Any) -> Any:
     return Estimator(net, card, **kwargs)
 
 
-def _scene_truth(core: Any) -> str:
-    """Describe the simulated scene if the core exposes it (best effort)."""
-    for attr in ("scene", "sim_scene"):
-        scene = getattr(core, attr, None)
-        if scene is not None:
-            return str(scene)
-    return ""
+def _scene_truth(core: Any) -> tuple[str, float]:
+    """Describe the simulated scene from the camera's properties (best effort).
+
+    Returns the text and the cylindrical lens axis in radians (default pi/4).
+    """
+    cam = core.getCameraDevice()
+
+    def prop(name: str) -> str | None:
+        try:
+            return str(core.getProperty(cam, name)) if core.hasProperty(cam, name) else None
+        except Exception:
+            return None
+
+    tilt, axis = prop("TiltDeg"), prop("TiltAxis")
+    cyl, cyl_axis = prop("CylinderWaves"), prop("CylinderAxisDeg")
+    lens_axis = math.radians(float(cyl_axis)) if cyl_axis is not None else DEFAULT_LENS_AXIS
+    if tilt is None:
+        return "", lens_axis
+    from psf_live.psf import Optics, defocus_um_to_waves
+
+    px = prop("PixelSizeUm")
+    optics = Optics(pixel_size_um=float(px)) if px is not None else Optics()
+    per_um = defocus_um_to_waves(1.0, optics)
+    slope = math.tan(math.radians(float(tilt))) * per_um * 1e3
+    text = (
+        f"sample {prop('Sample')} tilted {tilt} deg along {axis}, cylindrical lens "
+        f"{cyl} waves at {cyl_axis} deg; expected signed-defocus slope along {axis}: "
+        f"{slope:+.3f} waves/mm"
+    )
+    return text, lens_axis
 
 
 def _close(core: Any) -> None:

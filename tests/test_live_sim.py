@@ -1,0 +1,136 @@
+"""LiveMapper and the monitor/demo commands on the simulated scope (open_core)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from psf_live.acquire._live import LiveMapper
+from psf_live.estimate import Estimator, PSFMap
+
+models = pytest.importorskip("psf_live.models")
+pytest.importorskip("psf_live.nets")
+acquire = pytest.importorskip("psf_live.acquire")
+if not hasattr(acquire, "open_core"):
+    pytest.skip("psf_live.acquire.open_core not available yet", allow_module_level=True)
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_estimate_estimator import make_tiny
+
+    net, card = make_tiny()
+    path = tmp_path_factory.mktemp("m") / "tiny.pt"
+    models.save_model(net, card, path)
+    return path
+
+
+@pytest.fixture
+def core() -> Iterator[Any]:
+    c = acquire.open_core()
+    yield c
+    if c.isSequenceRunning():
+        c.stopSequenceAcquisition()
+    c.unloadAllDevices()
+
+
+def _threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("psf-live")]
+
+
+class Slow:
+    """Wrap an estimator and make every map take at least ``delay`` seconds."""
+
+    def __init__(self, inner: Estimator, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    def map(self, frame: np.ndarray) -> PSFMap:
+        t0 = time.perf_counter()
+        m = self.inner.map(frame)
+        time.sleep(max(0.0, self.delay - (time.perf_counter() - t0)))
+        return m
+
+
+def test_sim_frames_flow(core: Any, tiny_path: Path) -> None:
+    est = Estimator.load(tiny_path, device="cpu", stride=128)
+    seen: list[tuple[int, tuple[int, int], tuple[int, int]]] = []
+    mapper = LiveMapper(core, est, mode="all")
+    mapper.events.mapReady.connect(lambda i, f, m, t: seen.append((i, f.shape, m.shape)))
+    with mapper:
+        core.startSequenceAcquisition(6, 0, True)
+        t0 = time.perf_counter()
+        while mapper.stats().frames_mapped < 6 and time.perf_counter() - t0 < 30:
+            time.sleep(0.01)
+    assert [s[0] for s in seen] == list(range(6))
+    h, w = core.getImageHeight(), core.getImageWidth()
+    assert all(s[1] == (h, w) for s in seen)
+    assert all(s[2] == (h // 128, w // 128) for s in seen)
+    st = mapper.stats()
+    assert st.frames_in == st.frames_mapped == 6 and st.frames_dropped == 0
+    assert not _threads()
+
+
+def test_sim_slow_estimator_does_not_stall_camera(core: Any, tiny_path: Path) -> None:
+    est = Slow(Estimator.load(tiny_path, device="cpu", stride=128), delay=0.25)
+    core.setExposure(10.0)
+    mapper = LiveMapper(core, est, mode="latest")
+    with mapper:
+        core.startContinuousSequenceAcquisition(0)
+        time.sleep(0.3)  # first frame renders the scene (cached afterwards)
+        s0 = mapper.stats()
+        time.sleep(1.0)
+        s1 = mapper.stats()
+        core.stopSequenceAcquisition()
+    end = mapper.stats()
+    camera_rate = s1.frames_in - s0.frames_in  # frames per second
+    mapped = s1.frames_mapped - s0.frames_mapped
+    assert mapped <= 5  # inference is the bottleneck (4 maps/s)...
+    assert camera_rate >= 3 * max(mapped, 1)  # ...but the camera keeps its own pace
+    assert end.frames_dropped > 0
+    assert end.frames_in == end.frames_mapped + end.frames_dropped
+    assert not _threads()
+
+
+def test_monitor_cli_prints_one_line_per_frame(tiny_path: Path) -> None:
+    from psf_live.cli import app
+
+    r = runner.invoke(
+        app, ["monitor", "--frames", "3", "--model", str(tiny_path), "--stride", "128"]
+    )
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("frame")]
+    assert len(lines) == 3
+    for ln in lines:
+        assert "focus" in ln and "fps" in ln and "latency" in ln and "dropped" in ln
+    assert "done: 3 frames reported" in r.stdout
+    assert not _threads()
+
+
+def test_monitor_cli_bad_config(tmp_path: Path) -> None:
+    from psf_live.cli import app
+
+    r = runner.invoke(app, ["monitor", "--config", str(tmp_path / "nope.cfg")])
+    assert r.exit_code != 0
+    assert r.stderr.startswith("error:") and "nope.cfg" in r.stderr
+
+
+def test_demo_cli_runs_and_says_what_is_missing() -> None:
+    from psf_live.cli import app
+
+    r = runner.invoke(app, ["demo", "--frames", "2"])
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "simulated microscope" in out
+    assert len([ln for ln in out.splitlines() if ln.startswith("frame")]) == 2
+    assert "summary:" in out and "still missing:" in out
+    assert "depth calibration" in out
+    assert not _threads()
