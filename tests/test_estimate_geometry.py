@@ -212,3 +212,27 @@ def test_summarize_signed_tilt_and_calibration() -> None:
     assert c.tilt_x_deg == pytest.approx(math.degrees(math.atan(0.1)), rel=1e-3)
     assert c.tilt_y_deg == pytest.approx(0.0, abs=1e-4)
     assert "deg" in c.line()
+
+
+def test_psf_kernels_and_bank() -> None:
+    import torch
+
+    from psf_live.estimate import KernelBank, psf_kernels
+    from psf_live.psf import render_psf
+
+    cy = np.array([63.5, 127.5])
+    cx = np.array([63.5, 127.5])
+    vals = np.array([[[1.0], [2.0]], [[2.0], [30.0]]])  # 30 px is clipped to the range (8)
+    m = _map(vals, ("width",), cy, cx)
+    m.psf_model = "gaussian1"
+    k = psf_kernels(m, size=31)
+    assert k.shape == (2, 2, 31, 31)
+    torch.testing.assert_close(k[0, 1], render_psf("gaussian1", [2.0], 31)[0])
+    torch.testing.assert_close(k[1, 1], render_psf("gaussian1", [8.0], 31)[0])
+    bank = KernelBank("gaussian1", size=31)
+    kb = psf_kernels(m, bank=bank)
+    torch.testing.assert_close(kb, k)
+    assert len(bank) == 3 and bank.misses == 3 and bank.hits == 1  # 2.0 rendered once
+    m.params = m.params + 0.001  # within the 0.01 px quantisation: all from the cache
+    psf_kernels(m, bank=bank)
+    assert bank.misses == 3 and bank.hits == 5

@@ -1,7 +1,7 @@
 """Spatially-variant PSF maps from single frames (Section II-F) and their summaries."""
 
 from ._estimator import Estimator
-from ._map import PSFMap, fill_invalid, interpolate_map, psf_kernels
+from ._map import KernelBank, PSFMap, fill_invalid, interpolate_map, psf_kernels
 from ._patches import check_frame, extract_patches, patch_centers, patch_starts
 from ._summary import (
     DEFAULT_LENS_AXIS,
@@ -19,6 +19,7 @@ __all__ = [
     "DepthCalibration",
     "Estimator",
     "FrameSummary",
+    "KernelBank",
     "PSFMap",
     "PlaneFit",
     "check_frame",

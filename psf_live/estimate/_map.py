@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["PSFMap", "fill_invalid", "interpolate_map", "psf_kernels"]
+__all__ = ["KernelBank", "PSFMap", "fill_invalid", "interpolate_map", "psf_kernels"]
 
 
 @dataclass
@@ -228,11 +230,127 @@ def interpolate_map(psf_map: PSFMap, shape: tuple[int, int] | None = None) -> np
     return _from_linear(full, psf_map.param_names)
 
 
+def _model_optics(psf_map: PSFMap, optics: Any) -> Any:
+    from psf_live.psf import Optics
+
+    if optics is not None:
+        return optics
+    od = psf_map.meta.get("optics")
+    return Optics.from_dict(od) if isinstance(od, dict) and od else Optics()
+
+
+class KernelBank:
+    """A cache of rendered PSF kernels keyed by quantised parameters.
+
+    Rendering Zernike kernels costs milliseconds each on a CPU; live maps change
+    little from frame to frame, so kernels are rendered once per quantisation cell
+    and reused. Parameters are first clipped to the model ranges.
+
+    Parameters
+    ----------
+    psf_model : str
+        PSF model name.
+    size : int, optional
+        Odd kernel size; the model's ``kernel_size`` by default.
+    optics : psf_live.psf.Optics, optional
+        Optics for Zernike models.
+    device : torch.device or str, optional
+        Where kernels are rendered and kept.
+    step : float or sequence of float, optional
+        Quantisation step per parameter, in its unit (default 0.01 for waves and
+        pixels, 1 degree for axes).
+    max_items : int
+        Most kernels kept (least recently used are evicted).
+    """
+
+    def __init__(
+        self,
+        psf_model: str,
+        size: int | None = None,
+        optics: Any = None,
+        device: Any = None,
+        step: float | tuple[float, ...] | None = None,
+        max_items: int = 4096,
+    ) -> None:
+        from psf_live.psf import Optics, get_model
+
+        self.model = get_model(psf_model)
+        self.size = int(size or self.model.kernel_size)
+        self.optics = optics or Optics()
+        self.device = device
+        n = self.model.n_params
+        if step is None:
+            steps = [math.radians(1.0) if u == "rad" else 0.01 for u in self.model.units]
+        elif isinstance(step, (int, float)):
+            steps = [float(step)] * n
+        else:
+            steps = [float(x) for x in step]
+        if len(steps) != n or min(steps) <= 0:
+            raise ValueError(f"need {n} positive quantisation steps, got {steps}")
+        self.steps = np.asarray(steps, dtype=np.float64)
+        self.lo = np.array([r[0] for r in self.model.ranges], dtype=np.float64)
+        self.hi = np.array([r[1] for r in self.model.ranges], dtype=np.float64)
+        self.max_items = int(max_items)
+        self._cache: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def __call__(self, params: npt.ArrayLike) -> Any:
+        """Return kernels (M, size, size) for parameters (M, N), from the cache if possible."""
+        import torch
+
+        from psf_live.psf import render_psf
+
+        p = np.asarray(params, dtype=np.float64).reshape(-1, self.model.n_params)
+        if not np.isfinite(p).all():
+            raise ValueError("PSF parameters contain NaN or infinity")
+        q = np.rint(np.clip(p, self.lo, self.hi) / self.steps).astype(np.int64)
+        keys = [tuple(int(v) for v in row) for row in q]
+        with self._lock:
+            missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        if missing:
+            vals = np.asarray(missing, dtype=np.float64) * self.steps
+            vals = np.clip(vals, self.lo, self.hi)
+            if self.model.kind == "gaussian":
+                vals = np.maximum(vals, 1e-3)
+            ks = render_psf(
+                self.model, vals.astype(np.float32), self.size, self.optics, self.device
+            )
+            with self._lock:
+                for k, kern in zip(missing, ks, strict=True):
+                    self._cache[k] = kern
+                while len(self._cache) > self.max_items:
+                    self._cache.popitem(last=False)
+        with self._lock:
+            self.misses += len(missing)
+            self.hits += len(keys) - len(missing)
+            out = []
+            for k in keys:
+                kern = self._cache.get(k)
+                if kern is None:  # evicted meanwhile (tiny cache): render it alone
+                    kern = render_psf(
+                        self.model,
+                        (np.asarray(k, np.float64) * self.steps).astype(np.float32),
+                        self.size,
+                        self.optics,
+                        self.device,
+                    )[0]
+                else:
+                    self._cache.move_to_end(k)
+                out.append(kern)
+        return torch.stack(out)
+
+
 def psf_kernels(
     psf_map: PSFMap,
     size: int | None = None,
     optics: Any = None,
     device: Any = None,
+    bank: KernelBank | None = None,
 ) -> Any:
     """Render one PSF kernel per patch (batched).
 
@@ -247,25 +365,32 @@ def psf_kernels(
         (``psf_map.meta["optics"]``) or :class:`Optics()`.
     device : torch.device or str, optional
         Where to render.
+    bank : KernelBank, optional
+        Use (and fill) this cache of quantised kernels instead of rendering exactly;
+        ``size``, ``optics`` and ``device`` are then the bank's.
 
     Returns
     -------
     torch.Tensor
-        (rows, cols, size, size) float32 kernels, each summing to one.
+        (rows, cols, size, size) float32 kernels, each summing to one. Parameters
+        are clipped to the model's ranges first.
     """
-    from psf_live.psf import Optics, get_model, render_psf
+    from psf_live.psf import get_model, render_psf
 
     model = get_model(psf_map.psf_model)
-    if optics is None:
-        od = psf_map.meta.get("optics")
-        optics = Optics.from_dict(od) if isinstance(od, dict) and od else Optics()
-    lo = np.array([r[0] for r in model.ranges], dtype=np.float32)
-    hi = np.array([r[1] for r in model.ranges], dtype=np.float32)
-    p = np.clip(psf_map.params.reshape(-1, model.n_params), lo, hi)
-    if model.kind == "gaussian":
-        p = np.maximum(p, 1e-3)
-    k = render_psf(model, p, size=size, optics=optics, device=device)
     rows, cols = psf_map.shape
+    flat = psf_map.params.reshape(-1, model.n_params)
+    if bank is not None:
+        if bank.model.name != model.name:
+            raise ValueError(f"kernel bank is for {bank.model.name}, map is {model.name}")
+        k = bank(flat)
+    else:
+        lo = np.array([r[0] for r in model.ranges], dtype=np.float32)
+        hi = np.array([r[1] for r in model.ranges], dtype=np.float32)
+        p = np.clip(flat, lo, hi)
+        if model.kind == "gaussian":
+            p = np.maximum(p, 1e-3)
+        k = render_psf(model, p, size=size, optics=_model_optics(psf_map, optics), device=device)
     return k.reshape(rows, cols, k.shape[-2], k.shape[-1])
 
 
