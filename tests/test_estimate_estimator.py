@@ -149,8 +149,10 @@ def test_num_threads_and_precision_validation(tiny_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(tiny_path: Path, frame: np.ndarray) -> None:
     cpu = Estimator.load(tiny_path, device="cpu").map(frame, fill=False)
-    for precision in ("fp32", "auto"):
-        gpu = Estimator.load(tiny_path, device="cuda", precision=precision).map(frame, fill=False)
+    for precision, graphs in (("fp32", False), ("auto", False), ("auto", True)):
+        gpu_est = Estimator.load(tiny_path, device="cuda", precision=precision, cuda_graphs=graphs)
+        gpu = gpu_est.map(frame, fill=False)
+        gpu = gpu_est.map(frame, fill=False)  # second call replays the graph
         tol = 1e-3 if precision == "fp32" else 3e-2
         np.testing.assert_allclose(gpu.valid_prob, cpu.valid_prob, atol=tol)
         np.testing.assert_allclose(gpu.params[..., :2], cpu.params[..., :2], atol=tol)
