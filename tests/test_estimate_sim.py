@@ -15,7 +15,7 @@ from psf_live.estimate import Estimator, fit_plane, signed_defocus
 models = pytest.importorskip("psf_live.models")
 sim = pytest.importorskip("psf_live.sim")
 
-if "zernike3" not in models.available_models():
+if "zernike3" not in getattr(models, "available_models", list)():
     pytest.skip("no shipped zernike3 weights yet", allow_module_level=True)
 
 SHAPE = (512, 512)
