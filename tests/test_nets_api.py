@@ -1,0 +1,67 @@
+import math
+
+import pytest
+import torch
+
+from psf_live.nets import ARCHS, build_net, get_codec, normalize_patches
+from psf_live.psf import PSF_MODELS, get_model
+
+
+@pytest.mark.parametrize("arch", ["compact", "tiny"])
+def test_build_net_shapes(arch: str) -> None:
+    net = build_net(arch, 5).eval()
+    with torch.no_grad():
+        out = net(torch.randn(3, 1, 128, 128))
+    assert out.shape == (3, 5) and out.dtype == torch.float32
+
+
+def test_build_net_unknown_arch() -> None:
+    assert "resnet34" in ARCHS
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_net("vgg", 4)
+
+
+def test_normalize_patches_degenerate_and_scale_invariant() -> None:
+    x = torch.zeros(4, 1, 128, 128)
+    x[1] = 7.0  # flat
+    x[2] = 65535.0  # saturated
+    x[3] = torch.rand(1, 128, 128) * 1000 + 50
+    z = normalize_patches(x)
+    assert z.dtype == torch.float32 and torch.isfinite(z).all()
+    assert z[:3].abs().max() < 1e-6
+    assert abs(float(z[3].mean())) < 1e-4 and abs(float(z[3].std()) - 1) < 1e-2
+    # gain/offset invariance (illumination changes do not move the input)
+    z2 = normalize_patches(3.0 * x[3:] + 10.0)
+    assert torch.allclose(z2, z[3:], atol=1e-4)
+    assert normalize_patches(x.to(torch.uint8).squeeze(1)).shape == (4, 128, 128)
+
+
+@pytest.mark.parametrize("name", sorted(PSF_MODELS))
+def test_codec_roundtrip(name: str) -> None:
+    pm = get_model(name)
+    codec = get_codec(name)
+    g = torch.Generator().manual_seed(1)
+    lo = torch.tensor([r[0] for r in pm.ranges])
+    hi = torch.tensor([r[1] for r in pm.ranges])
+    p = lo + torch.rand(64, pm.n_params, generator=g) * (hi - lo)
+    if name == "zernike2":  # the PSF only defines the axis modulo pi/2
+        p[:, 1] = torch.remainder(p[:, 1], math.pi / 2)
+    t = codec.encode(p)
+    assert t.shape == (64, codec.n_outputs - 1)
+    assert t.abs().max() <= 1.0 + 1e-5
+    raw = torch.cat([torch.full((64, 1), -5.0), t], dim=1)
+    valid, back = codec.decode(raw)
+    assert valid.shape == (64,) and bool((valid > 0.99).all())
+    assert torch.allclose(back, p, atol=1e-4)
+
+
+def test_codec_axis_wraps_and_clips() -> None:
+    codec = get_codec("zernike3")
+    # axis just below pi and just above 0 are neighbours in target space
+    a = codec.encode(torch.tensor([[0.5, 0.25, math.pi - 0.01], [0.5, 0.25, 0.01]]))
+    assert torch.allclose(a[0, :3], a[1, :3], atol=1e-6) and abs(float(a[0, 3] + a[1, 3])) < 0.05
+    # out-of-range outputs are clipped to the ranges, not folded back
+    _, p = codec.decode(torch.tensor([[3.0, 1.7, -0.2, 0.0, 0.0]]))
+    assert float(p[0, 0]) == pytest.approx(1.0) and float(p[0, 1]) == pytest.approx(0.0)
+    valid, _ = codec.decode(torch.tensor([[3.0, 0.1, 0.1, 0.1, 0.1]]))
+    assert float(valid[0]) < 0.05
