@@ -1,0 +1,51 @@
+"""Depth from astigmatism (Section II-H, Eq. 14; Section III-E, Table VI).
+
+A cylindrical lens makes the zernike3 astigmatism axis carry the sign of the defocus;
+:func:`depth_metric` (Eq. 14) or :func:`signed_focus` turn a PSF map into a signed
+metric, :func:`fit_calibration` maps it to micrometres from tilted-grid images of known
+geometry (:func:`true_depth_grid`), :class:`DepthCalibration` is the JSON file, and
+:func:`depth_map` / :func:`depth_full` / :func:`fit_depth_plane` give per-frame depth
+maps and the tilt of the sample plane. Pure numpy; no hardware, no Qt.
+"""
+
+from ._calib import (
+    CalibrationError,
+    DepthCalibration,
+    FitReport,
+    ImageFit,
+    PlaneTilt,
+    depth_full,
+    depth_map,
+    fit_calibration,
+    fit_depth_plane,
+    robust_lstsq,
+    true_depth_grid,
+)
+from ._metric import (
+    DEFAULT_LENS_AXIS,
+    FEATURE_SETS,
+    depth_features,
+    depth_metric,
+    signed_focus,
+)
+from ._synthetic import synthetic_psf_map
+
+__all__ = [
+    "DEFAULT_LENS_AXIS",
+    "FEATURE_SETS",
+    "CalibrationError",
+    "DepthCalibration",
+    "FitReport",
+    "ImageFit",
+    "PlaneTilt",
+    "depth_features",
+    "depth_full",
+    "depth_map",
+    "depth_metric",
+    "fit_calibration",
+    "fit_depth_plane",
+    "robust_lstsq",
+    "signed_focus",
+    "synthetic_psf_map",
+    "true_depth_grid",
+]

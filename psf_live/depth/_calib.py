@@ -1,0 +1,589 @@
+"""Tilted-grid depth calibration (Section III-E): geometry, robust fit, JSON file, depth maps."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from ._metric import DEFAULT_LENS_AXIS, FEATURE_SETS, depth_features
+
+__all__ = [
+    "CalibrationError",
+    "DepthCalibration",
+    "FitReport",
+    "ImageFit",
+    "PlaneTilt",
+    "depth_full",
+    "depth_map",
+    "fit_calibration",
+    "fit_depth_plane",
+    "robust_lstsq",
+    "true_depth_grid",
+]
+
+MIN_R2 = 0.9
+"""Default minimum R^2 of a calibration fit (below it the calibration is refused)."""
+MIN_RANGE_UM = 1.0
+"""Smallest depth range (um) an image must span to count as a calibration image."""
+CALIBRATION_VERSION = 1
+
+
+class CalibrationError(ValueError):
+    """A calibration cannot be made, read or applied; the message says why."""
+
+
+def true_depth_grid(
+    centers_y: npt.ArrayLike,
+    centers_x: npt.ArrayLike,
+    tilt_deg: float,
+    axis: Literal["x", "y"],
+    pixel_size_um: float,
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """Known depth of each patch of a tilted plane (in-focus line through the centre).
+
+    Convention (the simulator's, kept in every calibration file): ``axis="x"`` means the
+    depth varies along x (columns; the plane is rotated about y) and a positive tilt puts
+    the +x side *farther* from the objective. Depth is ``sample - focal plane``, positive
+    beyond the focal plane: ``depth = (x - (W - 1) / 2) * pixel_size * tan(tilt)``.
+
+    Parameters
+    ----------
+    centers_y, centers_x : array_like
+        Patch centres (pixels) along rows / columns.
+    tilt_deg : float
+        Tilt of the plane in degrees.
+    axis : {"x", "y"}
+        Direction along which the depth varies.
+    pixel_size_um : float
+        Object-space pixel size.
+    shape : (int, int)
+        Frame (height, width); its centre is on the in-focus line.
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, cols) float64 depth in micrometres.
+    """
+    cy = np.asarray(centers_y, dtype=np.float64)
+    cx = np.asarray(centers_x, dtype=np.float64)
+    if axis not in ("x", "y"):
+        raise ValueError(f"tilt axis must be 'x' or 'y', got {axis!r}")
+    slope = math.tan(math.radians(tilt_deg)) * float(pixel_size_um)
+    h, w = int(shape[0]), int(shape[1])
+    if axis == "x":
+        prof = (cx - (w - 1) / 2.0) * slope
+        return np.broadcast_to(prof[None, :], (cy.size, cx.size)).copy()
+    prof = (cy - (h - 1) / 2.0) * slope
+    return np.broadcast_to(prof[:, None], (cy.size, cx.size)).copy()
+
+
+def robust_lstsq(
+    a: npt.ArrayLike, b: npt.ArrayLike, c: float = 1.345, n_iter: int = 30
+) -> tuple[np.ndarray, np.ndarray]:
+    """Huber-weighted least squares by iteratively reweighted least squares.
+
+    The scale is 1.4826 x the median absolute residual, re-estimated each iteration;
+    residuals beyond ``c`` scales get weight ``c / |r|`` (Huber's M-estimator), so
+    outliers pull linearly rather than quadratically.
+
+    Parameters
+    ----------
+    a : array_like
+        (M, K) design matrix.
+    b : array_like
+        (M,) targets.
+    c : float
+        Huber threshold in scale units (1.345: 95 % efficiency for Gaussian noise).
+    n_iter : int
+        Maximum iterations.
+
+    Returns
+    -------
+    coef : numpy.ndarray
+        (K,) float64 coefficients.
+    weights : numpy.ndarray
+        (M,) final weights in (0, 1].
+
+    References
+    ----------
+    .. [1] P. J. Huber, "Robust estimation of a location parameter", Ann. Math.
+       Statist. 35 (1964).
+    """
+    A = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    w = np.ones_like(y)
+    coef = np.linalg.lstsq(A, y, rcond=None)[0]
+    for _ in range(n_iter):
+        r = y - A @ coef
+        s = 1.4826 * float(np.median(np.abs(r)))
+        if s <= 1e-12:
+            break
+        u = np.abs(r) / (c * s)
+        w = np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12))
+        sw = np.sqrt(w)
+        new = np.linalg.lstsq(A * sw[:, None], y * sw, rcond=None)[0]
+        done = np.allclose(new, coef, rtol=1e-8, atol=1e-10)
+        coef = new
+        if done:
+            break
+    return coef, w
+
+
+def _r2(truth: np.ndarray, est: np.ndarray) -> float:
+    ss = float(np.sum((truth - truth.mean()) ** 2))
+    if ss <= 0:
+        return float("nan")
+    return 1.0 - float(np.sum((truth - est) ** 2)) / ss
+
+
+@dataclass(frozen=True)
+class ImageFit:
+    """Calibration quality on one image: R^2, RMS and mean absolute residual (um)."""
+
+    index: int
+    tilt_deg: float
+    n_valid: int
+    depth_range_um: float
+    r2: float
+    rms_um: float
+    mae_um: float
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """Overall calibration quality and the per-image figures."""
+
+    r2: float
+    rms_um: float
+    mae_um: float
+    n_patches: int
+    n_outliers: int
+    images: tuple[ImageFit, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict."""
+        return asdict(self)
+
+
+@dataclass
+class DepthCalibration:
+    """A fitted mapping from zernike3 PSF maps to depth in micrometres (JSON on disk).
+
+    ``depth = coef . depth_features(params, features, lens_axis)``; the depth is
+    ``sample - focal plane`` (positive farther from the objective), with the tilt
+    convention of :func:`true_depth_grid` recorded in ``tilt_axis``.
+
+    Attributes
+    ----------
+    features : str
+        Calibration model, a key of :data:`psf_live.depth.FEATURE_SETS`.
+    coef : list of float
+        Coefficients, intercept first (um per feature unit).
+    lens_axis : float
+        Cylindrical lens axis (radians) used by the ``signed`` features.
+    tilt_axis : str
+        Axis along which the calibration grid was tilted (``x`` or ``y``).
+    pixel_size_um : float
+        Object-space pixel size of the calibration images.
+    network : dict
+        ``name``, ``sha256`` and ``psf_model`` of the network that produced the maps.
+    param_names : list of str
+        Parameter names of that network's maps.
+    optics : dict
+        Optics (:class:`psf_live.psf.Optics` as a dict) of the network.
+    feature_range : list of float
+        [min, max] of the base metric over the calibration patches.
+    depth_range_um : list of float
+        [min, max] true depth seen during calibration.
+    report : dict
+        :class:`FitReport` of the fit.
+    tilts_deg : list of float
+        Tilt of each calibration image.
+    """
+
+    features: str
+    coef: list[float]
+    lens_axis: float = DEFAULT_LENS_AXIS
+    tilt_axis: str = "x"
+    pixel_size_um: float = 0.64
+    network: dict[str, Any] = field(default_factory=dict)
+    param_names: list[str] = field(default_factory=lambda: ["focus", "cylinder", "axis"])
+    optics: dict[str, Any] = field(default_factory=dict)
+    feature_range: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    depth_range_um: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    report: dict[str, Any] = field(default_factory=dict)
+    tilts_deg: list[float] = field(default_factory=list)
+    version: int = CALIBRATION_VERSION
+    source: str = field(default="", compare=False)
+    """File the calibration was read from (not saved; used in error messages)."""
+
+    # -- applying ----------------------------------------------------------------
+
+    def check_network(self, meta: dict[str, Any], where: str | None = None) -> None:
+        """Raise :class:`CalibrationError` unless ``meta`` is the calibrated network."""
+        where = where or self.source or "depth calibration"
+        want = self.network.get("sha256", "")
+        got = str(meta.get("sha256", ""))
+        if want and got != want:
+            raise CalibrationError(
+                f"{where}: made with network {self.network.get('name', '?')!r} "
+                f"(sha256 {want[:12]}), not {meta.get('name', '?')!r} "
+                f"(sha256 {got[:12] or 'none'})"
+            )
+        if not want and self.network.get("name") and meta.get("name") != self.network["name"]:
+            raise CalibrationError(
+                f"{where}: made with network {self.network['name']!r}, "
+                f"not {meta.get('name', '?')!r}"
+            )
+
+    def predict(self, params: npt.ArrayLike, names: Sequence[str] | None = None) -> np.ndarray:
+        """Depth (um, float32) of (..., N) parameters, no validity handling."""
+        x = depth_features(params, names or self.param_names, self.features, self.lens_axis)
+        return (x @ np.asarray(self.coef, dtype=np.float64)).astype(np.float32)
+
+    def depth_um(self, psf_map: Any) -> np.ndarray:
+        """(rows, cols) depth of a :class:`~psf_live.estimate.PSFMap`, NaN where invalid."""
+        return depth_map(psf_map, self)
+
+    # -- files -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict."""
+        d = asdict(self)
+        d.pop("source", None)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DepthCalibration:
+        """Build from a dict, checking the model."""
+        names = set(cls.__dataclass_fields__) - {"source"}
+        if "features" not in d or "coef" not in d:
+            raise KeyError("lacks 'features' or 'coef'")
+        cal = cls(**{k: v for k, v in d.items() if k in names})
+        if cal.features not in FEATURE_SETS:
+            raise ValueError(f"unknown features {cal.features!r}")
+        n = 3 if cal.features.endswith("-cubic") else 2
+        if len(cal.coef) != n or not all(math.isfinite(float(c)) for c in cal.coef):
+            raise ValueError(f"expected {n} finite coefficients, got {cal.coef}")
+        return cal
+
+    def save(self, path: str | Path) -> Path:
+        """Write the calibration as JSON; return the path."""
+        p = Path(path)
+        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> DepthCalibration:
+        """Read a calibration file; :class:`CalibrationError` names the file and problem."""
+        p = Path(path)
+        if not p.is_file():
+            raise CalibrationError(f"{p}: no such calibration file")
+        try:
+            d = json.loads(p.read_text())
+            if not isinstance(d, dict):
+                raise TypeError("not a JSON object")
+            cal = cls.from_dict(d)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CalibrationError(f"{p}: invalid depth calibration ({e})") from None
+        cal.source = str(p)
+        return cal
+
+
+def _map_parts(psf_map: Any) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict[str, Any]]:
+    params = np.asarray(psf_map.params, dtype=np.float64)
+    valid = np.asarray(psf_map.valid, dtype=bool)
+    return params, valid, tuple(psf_map.param_names), dict(getattr(psf_map, "meta", {}) or {})
+
+
+def depth_map(psf_map: Any, calibration: DepthCalibration) -> np.ndarray:
+    """Depth per patch in micrometres from a zernike3 PSF map.
+
+    Parameters
+    ----------
+    psf_map : PSFMap
+        Map from :meth:`psf_live.estimate.Estimator.map` (``params``, ``valid``,
+        ``param_names``, ``meta`` with the network's name and sha256).
+    calibration : DepthCalibration
+        Calibration made with the same network.
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, cols) float32 depth (sample minus focal plane), NaN where invalid.
+
+    Raises
+    ------
+    CalibrationError
+        The map comes from another network than the calibration's.
+    """
+    params, valid, names, meta = _map_parts(psf_map)
+    calibration.check_network(meta)
+    d = calibration.predict(params, names)
+    return np.where(valid, d, np.nan).astype(np.float32)
+
+
+def depth_full(
+    depth: npt.ArrayLike,
+    centers_y: npt.ArrayLike,
+    centers_x: npt.ArrayLike,
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """Interpolate a patch depth grid to full resolution, NaN where unsupported.
+
+    Normalised bilinear interpolation: the hat weights of
+    :func:`psf_live.psf.bilinear_weights` (those of the overlap-add model, Eq. 12),
+    restricted to the finite patches and renormalised. A pixel whose supporting patch
+    centres (up to four) are all NaN stays NaN.
+
+    Parameters
+    ----------
+    depth : array_like
+        (rows, cols) depth per patch, NaN where invalid.
+    centers_y, centers_x : array_like
+        Patch centres in pixels.
+    shape : (int, int)
+        Output (height, width).
+
+    Returns
+    -------
+    numpy.ndarray
+        (height, width) float32.
+    """
+    from psf_live.psf import bilinear_weights
+
+    d = np.asarray(depth, dtype=np.float64)
+    ok = np.isfinite(d)
+    h, w = int(shape[0]), int(shape[1])
+    wy = np.asarray(bilinear_weights(h, np.asarray(centers_y)), dtype=np.float64)
+    wx = np.asarray(bilinear_weights(w, np.asarray(centers_x)), dtype=np.float64)
+    num = wy.T @ np.where(ok, d, 0.0) @ wx
+    den = wy.T @ ok.astype(np.float64) @ wx
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 1e-9, num / np.where(den > 1e-9, den, 1.0), np.nan)
+    return out.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PlaneTilt:
+    """Plane fitted to a depth map.
+
+    ``tilt_x_deg``: slope of the depth along x in degrees (positive: the +x side is
+    farther from the objective, the convention of ``--axis x``); ``tilt_y_deg`` likewise
+    along y. ``offset_um``: depth at the frame centre; ``residual_um``: RMS deviation of
+    the inliers from the plane (flatness); ``n_used``: inliers.
+    """
+
+    tilt_x_deg: float
+    tilt_y_deg: float
+    offset_um: float
+    residual_um: float
+    n_used: int
+
+    def line(self) -> str:
+        """One human-readable line."""
+        return (
+            f"tilt x {self.tilt_x_deg:+.2f} deg, tilt y {self.tilt_y_deg:+.2f} deg, "
+            f"centre depth {self.offset_um:+.2f} um, flatness {self.residual_um:.2f} um RMS "
+            f"({self.n_used} patches)"
+        )
+
+
+def fit_depth_plane(
+    depth_um: npt.ArrayLike,
+    centers_y: npt.ArrayLike,
+    centers_x: npt.ArrayLike,
+    pixel_size_um: float,
+    shape: tuple[int, int] | None = None,
+) -> PlaneTilt:
+    """Robust plane through a depth map: tilt about both axes and flatness.
+
+    Huber IRLS (:func:`robust_lstsq`) of ``depth = offset + sx X + sy Y`` over the finite
+    patches, X, Y in micrometres from the frame centre; the tilts are ``atan(s)``.
+
+    Parameters
+    ----------
+    depth_um : array_like
+        (rows, cols) depth per patch (NaN where invalid).
+    centers_y, centers_x : array_like
+        Patch centres in pixels.
+    pixel_size_um : float
+        Object-space pixel size.
+    shape : (int, int), optional
+        Frame shape; the centre defaults to the middle of the patch centres.
+
+    Returns
+    -------
+    PlaneTilt
+
+    Raises
+    ------
+    ValueError
+        Fewer than three finite patches.
+    """
+    d = np.asarray(depth_um, dtype=np.float64)
+    cy = np.asarray(centers_y, dtype=np.float64)
+    cx = np.asarray(centers_x, dtype=np.float64)
+    if shape is None:
+        yc, xc = 0.5 * (cy.min() + cy.max()), 0.5 * (cx.min() + cx.max())
+    else:
+        yc, xc = (shape[0] - 1) / 2.0, (shape[1] - 1) / 2.0
+    Y, X = np.meshgrid((cy - yc) * pixel_size_um, (cx - xc) * pixel_size_um, indexing="ij")
+    ok = np.isfinite(d)
+    if int(ok.sum()) < 3:
+        raise ValueError(f"a plane needs at least 3 valid patches, got {int(ok.sum())}")
+    A = np.stack([np.ones(int(ok.sum())), X[ok], Y[ok]], axis=1)
+    coef, w = robust_lstsq(A, d[ok])
+    r = d[ok] - A @ coef
+    inl = w >= 0.5
+    res = float(np.sqrt(np.mean(r[inl] ** 2))) if inl.any() else float("nan")
+    return PlaneTilt(
+        tilt_x_deg=math.degrees(math.atan(coef[1])),
+        tilt_y_deg=math.degrees(math.atan(coef[2])),
+        offset_um=float(coef[0]),
+        residual_um=res,
+        n_used=int(inl.sum()),
+    )
+
+
+def fit_calibration(
+    maps: Sequence[Any],
+    tilts_deg: Sequence[float],
+    *,
+    axis: Literal["x", "y"] = "x",
+    pixel_size_um: float = 0.64,
+    features: str = "eq14",
+    lens_axis: float = DEFAULT_LENS_AXIS,
+    min_r2: float = MIN_R2,
+) -> DepthCalibration:
+    """Fit a depth calibration on PSF maps of a tilted grid of known geometry.
+
+    Every valid patch of every image is one sample: its features
+    (:func:`~psf_live.depth.depth_features`) against its true depth
+    (:func:`true_depth_grid`). The fit is Huber-robust (:func:`robust_lstsq`), so a few
+    wrong patches do not bend it. All maps must come from one network.
+
+    Parameters
+    ----------
+    maps : sequence of PSFMap
+        zernike3 maps of the calibration images (in-focus line through the centre).
+    tilts_deg : sequence of float
+        Tilt of each image (same length as ``maps``).
+    axis : {"x", "y"}
+        Direction along which the depth varies (see :func:`true_depth_grid`).
+    pixel_size_um : float
+        Object-space pixel size.
+    features : str
+        Calibration model (:data:`~psf_live.depth.FEATURE_SETS`).
+    lens_axis : float
+        Cylindrical lens axis (radians).
+    min_r2 : float
+        Refuse fits with an overall R^2 below this.
+
+    Returns
+    -------
+    DepthCalibration
+        With the :class:`FitReport` (overall and per image) in ``report``.
+
+    Raises
+    ------
+    CalibrationError
+        No maps, mismatched tilts, an image without valid patches or without depth
+        range, maps from different networks, a non-monotone curve, or R^2 < ``min_r2``.
+    """
+    if len(maps) == 0:
+        raise CalibrationError("no calibration images")
+    if len(tilts_deg) != len(maps):
+        raise CalibrationError(f"{len(maps)} images but {len(tilts_deg)} tilts")
+    if features not in FEATURE_SETS:
+        raise CalibrationError(f"unknown features {features!r}; known: {', '.join(FEATURE_SETS)}")
+    xs, ys, idx = [], [], []
+    meta0: dict[str, Any] | None = None
+    names0: tuple[str, ...] = ()
+    for i, (m, t) in enumerate(zip(maps, tilts_deg, strict=True)):
+        params, valid, names, meta = _map_parts(m)
+        if meta0 is None:
+            meta0, names0 = meta, names
+        elif meta.get("sha256") != meta0.get("sha256") or meta.get("name") != meta0.get("name"):
+            raise CalibrationError(f"image {i}: map from another network than image 0")
+        if "focus" not in names or "axis" not in names:
+            raise CalibrationError(
+                f"image {i}: depth needs a zernike3 network (focus, axis), got {names}"
+            )
+        if not valid.any():
+            raise CalibrationError(f"image {i} (tilt {t} deg): no valid patch")
+        truth = true_depth_grid(m.centers_y, m.centers_x, float(t), axis, pixel_size_um,
+                                tuple(m.frame_shape))
+        tv = truth[valid]
+        if float(tv.max() - tv.min()) < MIN_RANGE_UM:
+            raise CalibrationError(
+                f"image {i} (tilt {t} deg): valid patches span {float(tv.max() - tv.min()):.2f} um"
+                f" of depth (< {MIN_RANGE_UM} um): no depth range to calibrate on"
+            )
+        xs.append(depth_features(params[valid], names, features, lens_axis))
+        ys.append(tv)
+        idx.append(np.full(tv.size, i))
+    assert meta0 is not None
+    X = np.concatenate(xs)
+    y = np.concatenate(ys)
+    ii = np.concatenate(idx)
+    coef, w = robust_lstsq(X, y)
+    base = X[:, 1]
+    lo, hi = float(base.min()), float(base.max())
+    if X.shape[1] == 3:
+        grid = np.linspace(lo, hi, 201)
+        deriv = coef[1] + 3.0 * coef[2] * grid**2
+        if not (np.all(deriv > 0) or np.all(deriv < 0)):
+            raise CalibrationError(
+                f"the {features} curve is not monotone over the calibrated range; use a "
+                "linear model (eq14 or signed)"
+            )
+    pred = X @ coef
+    images = []
+    for i, t in enumerate(tilts_deg):
+        s = ii == i
+        images.append(
+            ImageFit(
+                index=i, tilt_deg=float(t), n_valid=int(s.sum()),
+                depth_range_um=float(y[s].max() - y[s].min()),
+                r2=_r2(y[s], pred[s]),
+                rms_um=float(np.sqrt(np.mean((y[s] - pred[s]) ** 2))),
+                mae_um=float(np.mean(np.abs(y[s] - pred[s]))),
+            )
+        )
+    report = FitReport(
+        r2=_r2(y, pred), rms_um=float(np.sqrt(np.mean((y - pred) ** 2))),
+        mae_um=float(np.mean(np.abs(y - pred))), n_patches=int(y.size),
+        n_outliers=int((w < 0.5).sum()), images=tuple(images),
+    )
+    if not report.r2 >= min_r2:
+        raise CalibrationError(
+            f"calibration fit R^2 {report.r2:.3f} is below {min_r2} (features {features}); "
+            "check the tilts, the axis and the in-focus line"
+        )
+    return DepthCalibration(
+        features=features,
+        coef=[float(c) for c in coef],
+        lens_axis=float(lens_axis),
+        tilt_axis=axis,
+        pixel_size_um=float(pixel_size_um),
+        network={
+            "name": str(meta0.get("name", "")),
+            "sha256": str(meta0.get("sha256", "")),
+            "psf_model": str(meta0.get("psf_model", "")),
+        },
+        param_names=list(names0),
+        optics=dict(meta0.get("optics", {}) or {}),
+        feature_range=[lo, hi],
+        depth_range_um=[float(y.min()), float(y.max())],
+        report=report.to_dict(),
+        tilts_deg=[float(t) for t in tilts_deg],
+    )
