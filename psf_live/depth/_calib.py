@@ -146,22 +146,28 @@ def _r2(truth: np.ndarray, est: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class ImageFit:
-    """Calibration quality on one image: R^2, RMS and mean absolute residual (um)."""
+    """Calibration quality on one image.
+
+    ``r2``, ``rms_um``, ``mae_um`` over all valid patches; ``r2_inliers`` without the
+    patches the robust fit down-weighted below one half (outliers).
+    """
 
     index: int
     tilt_deg: float
     n_valid: int
     depth_range_um: float
     r2: float
+    r2_inliers: float
     rms_um: float
     mae_um: float
 
 
 @dataclass(frozen=True)
 class FitReport:
-    """Overall calibration quality and the per-image figures."""
+    """Overall calibration quality and the per-image figures (see :class:`ImageFit`)."""
 
     r2: float
+    r2_inliers: float
     rms_um: float
     mae_um: float
     n_patches: int
@@ -169,8 +175,9 @@ class FitReport:
     images: tuple[ImageFit, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict."""
-        return asdict(self)
+        """Return a JSON-serialisable dict (lists, not tuples)."""
+        d: dict[str, Any] = json.loads(json.dumps(asdict(self)))
+        return d
 
 
 @dataclass
@@ -486,7 +493,8 @@ def fit_calibration(
     lens_axis : float
         Cylindrical lens axis (radians).
     min_r2 : float
-        Refuse fits with an overall R^2 below this.
+        Refuse fits whose R^2 over the inliers (patches the robust fit keeps with weight
+        >= 1/2) is below this; the report also gives the R^2 over all valid patches.
 
     Returns
     -------
@@ -547,6 +555,7 @@ def fit_calibration(
                 "linear model (eq14 or signed)"
             )
     pred = X @ coef
+    inl = w >= 0.5
     images = []
     for i, t in enumerate(tilts_deg):
         s = ii == i
@@ -555,18 +564,20 @@ def fit_calibration(
                 index=i, tilt_deg=float(t), n_valid=int(s.sum()),
                 depth_range_um=float(y[s].max() - y[s].min()),
                 r2=_r2(y[s], pred[s]),
+                r2_inliers=_r2(y[s & inl], pred[s & inl]) if (s & inl).any() else float("nan"),
                 rms_um=float(np.sqrt(np.mean((y[s] - pred[s]) ** 2))),
                 mae_um=float(np.mean(np.abs(y[s] - pred[s]))),
             )
         )
     report = FitReport(
-        r2=_r2(y, pred), rms_um=float(np.sqrt(np.mean((y - pred) ** 2))),
+        r2=_r2(y, pred), r2_inliers=_r2(y[inl], pred[inl]), rms_um=float(np.sqrt(np.mean((y - pred) ** 2))),
         mae_um=float(np.mean(np.abs(y - pred))), n_patches=int(y.size),
         n_outliers=int((w < 0.5).sum()), images=tuple(images),
     )
-    if not report.r2 >= min_r2:
+    if not report.r2_inliers >= min_r2:
         raise CalibrationError(
-            f"calibration fit R^2 {report.r2:.3f} is below {min_r2} (features {features}); "
+            f"calibration fit R^2 {report.r2_inliers:.3f} (inliers) is below {min_r2} "
+            f"(features {features}); "
             "check the tilts, the axis and the in-focus line"
         )
     return DepthCalibration(

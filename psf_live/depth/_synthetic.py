@@ -68,7 +68,8 @@ def synthetic_psf_map(
 
     rng = rng or np.random.default_rng(0)
     d = np.asarray(depth_um, dtype=np.float64)
-    f = np.asarray(defocus_um_to_waves(d, optics or Optics()), dtype=np.float64)
+    opt = optics or Optics()
+    f = np.array([defocus_um_to_waves(float(v), opt) for v in d.ravel()]).reshape(d.shape)
     focus = np.abs(f) + focus_noise * rng.standard_normal(d.shape)
     axis = np.where(f >= 0, lens_axis, lens_axis + math.pi / 2)
     axis = axis + axis_noise * rng.standard_normal(d.shape)

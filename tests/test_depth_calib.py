@@ -1,0 +1,231 @@
+"""Depth from astigmatism: Eq. 14, geometry, robust calibration, JSON, depth maps, plane tilt."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from psf_live.depth import (
+    CalibrationError,
+    DepthCalibration,
+    depth_features,
+    depth_full,
+    depth_map,
+    depth_metric,
+    fit_calibration,
+    fit_depth_plane,
+    robust_lstsq,
+    signed_focus,
+    synthetic_psf_map,
+    true_depth_grid,
+)
+from psf_live.estimate import patch_centers, patch_starts
+
+NAMES = ("focus", "cylinder", "axis")
+SHAPE = (1024, 1024)
+CY = patch_centers(patch_starts(SHAPE[0]))
+CX = patch_centers(patch_starts(SHAPE[1]))
+PX = 0.64
+
+
+def _maps(tilts, rng, meta=None, **kw):
+    out = []
+    for t in tilts:
+        d = true_depth_grid(CY, CX, t, "x", PX, SHAPE)
+        out.append(synthetic_psf_map(d, CY, CX, SHAPE, rng=rng, meta=meta, **kw))
+    return out
+
+
+def test_eq14_hand_values():
+    p = np.array(
+        [[0.4, 0.25, math.pi / 4], [0.4, 0.25, 3 * math.pi / 4], [0.3, 0.1, math.pi / 2],
+         [0.0, 0.25, 0.1], [1.0, 0.0, 0.0]]
+    )
+    np.testing.assert_allclose(depth_metric(p, NAMES), [-0.2, 0.2, 0.0, 0.0, -1.0], atol=1e-6)
+    # the periodic signed focus: + at the lens axis, - across it
+    np.testing.assert_allclose(signed_focus(p[:2], NAMES), [0.4, -0.4], atol=1e-6)
+    # column order is taken from the names
+    np.testing.assert_allclose(
+        depth_metric(p[:, [2, 0, 1]], ("axis", "focus", "cylinder")), depth_metric(p, NAMES)
+    )
+    with pytest.raises(ValueError, match="zernike3"):
+        depth_metric(np.ones((2, 1)), ("width",))
+
+
+def test_true_depth_geometry_and_sign():
+    d = true_depth_grid(CY, CX, 6.0, "x", PX, SHAPE)
+    assert d.shape == (CY.size, CX.size)
+    # constant along y, increasing along +x (the +x side farther: positive depth)
+    assert np.allclose(d, d[:1])
+    assert np.all(np.diff(d[0]) > 0) and d[0, -1] > 0 > d[0, 0]
+    # in-focus line through the centre; slope px * tan(tilt)
+    expect = (CX - 511.5) * PX * math.tan(math.radians(6.0))
+    np.testing.assert_allclose(d[0], expect)
+    # full field of view 655 um -> depth range 655 tan(tilt) (pixel centres: 1023 px)
+    full = true_depth_grid(np.arange(1024.0), np.array([0.0, 1023.0]), 10, "x", PX, SHAPE)
+    assert full[0, 1] - full[0, 0] == pytest.approx(1023 * PX * math.tan(math.radians(10)))
+    dy = true_depth_grid(CY, CX, -3.0, "y", PX, SHAPE)
+    assert np.allclose(dy, dy[:, :1]) and dy[0, 0] > 0 > dy[-1, 0]
+
+
+def test_synthetic_map_matches_sim_convention():
+    """Beyond focus (d > 0) the map reads the lens axis, so Eq. 14 is negative there."""
+    sim = pytest.importorskip("psf_live.sim")
+    from psf_live.sim import Scene
+
+    scene = Scene(tilt_deg=6.0, tilt_axis="x", cylinder=0.25)
+    truth = sim.depth_map(SHAPE, 0.0, scene, PX)
+    d = true_depth_grid(CY, CX, 6.0, "x", PX, SHAPE)
+    np.testing.assert_allclose(
+        d, truth[CY.round().astype(int)][:, CX.round().astype(int)], atol=0.1
+    )
+    m = synthetic_psf_map(d, CY, CX, SHAPE)
+    z = depth_metric(m.params, m.param_names)
+    assert np.all(z[:, CX > 600] < 0) and np.all(z[:, CX < 400] > 0)
+
+
+def test_robust_lstsq_ignores_outliers():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, 400)
+    y = 3.0 - 7.0 * x + 0.01 * rng.standard_normal(400)
+    y[:40] += rng.uniform(5, 20, 40)
+    A = np.stack([np.ones_like(x), x], 1)
+    ols = np.linalg.lstsq(A, y, rcond=None)[0]
+    coef, w = robust_lstsq(A, y)
+    assert abs(ols[0] - 3.0) > 0.5  # the outliers do bend plain least squares
+    np.testing.assert_allclose(coef, [3.0, -7.0], atol=0.02)
+    assert np.all(w[:40] < 0.2)
+
+
+@pytest.mark.parametrize("features", ["eq14", "signed", "signed-cubic"])
+def test_calibration_recovers_geometry_robustly(features):
+    rng = np.random.default_rng(2)
+    maps = _maps([3, 6, 10, 3, 6, 10], rng, focus_noise=0.01, axis_noise=0.02,
+                 invalid_fraction=0.1, outlier_fraction=0.05)
+    cal = fit_calibration(maps, [3, 6, 10, 3, 6, 10], features=features)
+    # Eq. 14 is -f/2 beyond focus; defocus_um_to_waves is 1/60 wave per um at NA 0.25
+    if features == "eq14":
+        assert cal.coef[1] == pytest.approx(-120.0, rel=0.02)
+        assert abs(cal.coef[0]) < 0.5
+    rep = cal.report
+    assert rep["r2_inliers"] > 0.99 and rep["r2"] < rep["r2_inliers"] and rep["n_outliers"] > 0
+    # on clean maps of a new tilt the calibration is exact to noise
+    test = _maps([8], np.random.default_rng(3), focus_noise=0.005)[0]
+    est = depth_map(test, cal)
+    truth = true_depth_grid(CY, CX, 8, "x", PX, SHAPE)
+    err = np.abs(est - truth)[test.valid]
+    assert np.median(err) < 0.6
+    assert np.isnan(est[~test.valid]).all()
+
+
+def test_cubic_helps_a_nonlinear_response():
+    """A response that saturates is fitted better by the checked monotone cubic."""
+    rng = np.random.default_rng(4)
+    maps = _maps([3, 6, 10], rng, focus_noise=0.002)
+    for m in maps:
+        f = m.params[..., 0]
+        m.params[..., 0] = f - 0.25 * f**3  # compressive, still monotone on [0, 1]
+    lin = fit_calibration(maps, [3, 6, 10], features="signed")
+    cub = fit_calibration(maps, [3, 6, 10], features="signed-cubic")
+    assert cub.report["rms_um"] < 0.5 * lin.report["rms_um"]
+
+
+def test_json_round_trip(tmp_path):
+    meta = {"name": "zernike3", "sha256": "ab" * 32, "psf_model": "zernike3",
+            "optics": {"na": 0.25}}
+    cal = fit_calibration(_maps([3, 10], np.random.default_rng(5), meta=meta), [3, 10])
+    p = cal.save(tmp_path / "c.json")
+    back = DepthCalibration.load(p)
+    assert back == cal and back.source == str(p)
+    d = json.loads(p.read_text())
+    assert d["network"]["sha256"] == "ab" * 32 and d["tilt_axis"] == "x"
+    assert d["optics"] == {"na": 0.25} and len(d["report"]["images"]) == 2
+    assert "source" not in d
+
+
+def test_wrong_network_is_an_error(tmp_path):
+    meta = {"name": "zernike3", "sha256": "ab" * 32}
+    cal = fit_calibration(_maps([3, 10], np.random.default_rng(6), meta=meta), [3, 10])
+    p = cal.save(tmp_path / "c.json")
+    cal = DepthCalibration.load(p)
+    other = _maps([6], np.random.default_rng(7), meta={"name": "zernike3", "sha256": "cd" * 32})
+    with pytest.raises(CalibrationError, match=r"c\.json: made with network 'zernike3'") as e:
+        depth_map(other[0], cal)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(CalibrationError, match="no such calibration file"):
+        DepthCalibration.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CalibrationError, match=r"bad\.json: invalid depth calibration"):
+        DepthCalibration.load(bad)
+    bad.write_text(json.dumps({"features": "eq14", "coef": [1.0]}))
+    with pytest.raises(CalibrationError, match="2 finite coefficients"):
+        DepthCalibration.load(bad)
+
+
+def test_refusals():
+    rng = np.random.default_rng(8)
+    maps = _maps([3, 6], rng)
+    maps[1].valid[:] = False
+    with pytest.raises(CalibrationError, match="image 1 .*no valid patch"):
+        fit_calibration(maps, [3, 6])
+    with pytest.raises(CalibrationError, match="no depth range"):
+        fit_calibration(_maps([0.0], rng), [0.0])
+    with pytest.raises(CalibrationError, match="2 images but 1 tilts"):
+        fit_calibration(_maps([3, 6], rng), [3])
+    with pytest.raises(CalibrationError, match="no calibration images"):
+        fit_calibration([], [])
+    # wrong tilt sign given for one image: the fit is poor and refused
+    with pytest.raises(CalibrationError, match="R\\^2 .* below"):
+        fit_calibration(_maps([6, 6], rng, focus_noise=0.01), [6, -6])
+    # pure noise carries no depth information
+    noisy = _maps([6], rng, outlier_fraction=1.0)
+    with pytest.raises(CalibrationError, match="R\\^2"):
+        fit_calibration(noisy, [6])
+
+
+def test_plane_fit_recovers_tilt():
+    rng = np.random.default_rng(9)
+    yy, xx = np.meshgrid(CY - 511.5, CX - 511.5, indexing="ij")
+    d = 5.0 + math.tan(math.radians(4.0)) * xx * PX + math.tan(math.radians(-2.0)) * yy * PX
+    d = d + 0.3 * rng.standard_normal(d.shape)
+    d[2, 3] = 200.0
+    d[5, 5] = np.nan
+    t = fit_depth_plane(d, CY, CX, PX, SHAPE)
+    assert t.tilt_x_deg == pytest.approx(4.0, abs=0.05)
+    assert t.tilt_y_deg == pytest.approx(-2.0, abs=0.05)
+    assert t.offset_um == pytest.approx(5.0, abs=0.2)
+    assert 0.2 < t.residual_um < 0.45 and t.n_used <= d.size - 2
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_depth_plane(np.full_like(d, np.nan), CY, CX, PX)
+
+
+def test_full_resolution_depth():
+    d = true_depth_grid(CY, CX, 6.0, "x", PX, SHAPE)
+    full = depth_full(d, CY, CX, SHAPE)
+    assert full.shape == SHAPE and full.dtype == np.float32
+    # linear between centres: matches the analytic depth inside the centre hull
+    x = np.arange(1024.0)
+    inside = (x >= CX[0]) & (x <= CX[-1])
+    exact = (x - 511.5) * PX * math.tan(math.radians(6.0))
+    np.testing.assert_allclose(full[300, inside], exact[inside], atol=1e-3)
+    # invalid patches are skipped; a pixel with no valid support is NaN
+    holes = d.copy()
+    holes[:, :3] = np.nan
+    f2 = depth_full(holes, CY, CX, SHAPE)
+    assert np.isnan(f2[:, :100]).all() and np.isfinite(f2[:, 250:]).all()
+    np.testing.assert_allclose(f2[:, 300:], full[:, 300:], atol=1e-3)
+
+
+def test_features_shape():
+    p = np.zeros((4, 5, 3))
+    assert depth_features(p, NAMES, "eq14").shape == (4, 5, 2)
+    assert depth_features(p, NAMES, "signed-cubic").shape == (4, 5, 3)
+    with pytest.raises(ValueError, match="unknown depth features"):
+        depth_features(p, NAMES, "quartic")
