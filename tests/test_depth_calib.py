@@ -173,7 +173,7 @@ def test_refusals():
     rng = np.random.default_rng(8)
     maps = _maps([3, 6], rng)
     maps[1].valid[:] = False
-    with pytest.raises(CalibrationError, match="image 1 .*no valid patch"):
+    with pytest.raises(CalibrationError, match=r"image 1 .*no valid patch"):
         fit_calibration(maps, [3, 6])
     with pytest.raises(CalibrationError, match="no depth range"):
         fit_calibration(_maps([0.0], rng), [0.0])
@@ -182,7 +182,7 @@ def test_refusals():
     with pytest.raises(CalibrationError, match="no calibration images"):
         fit_calibration([], [])
     # wrong tilt sign given for one image: the fit is poor and refused
-    with pytest.raises(CalibrationError, match="R\\^2 .* below"):
+    with pytest.raises(CalibrationError, match=r"R\^2 .* below"):
         fit_calibration(_maps([6, 6], rng, focus_noise=0.01), [6, -6])
     # pure noise carries no depth information
     noisy = _maps([6], rng, outlier_fraction=1.0)

@@ -570,7 +570,9 @@ def fit_calibration(
             )
         )
     report = FitReport(
-        r2=_r2(y, pred), r2_inliers=_r2(y[inl], pred[inl]), rms_um=float(np.sqrt(np.mean((y - pred) ** 2))),
+        r2=_r2(y, pred),
+        r2_inliers=_r2(y[inl], pred[inl]),
+        rms_um=float(np.sqrt(np.mean((y - pred) ** 2))),
         mae_um=float(np.mean(np.abs(y - pred))), n_patches=int(y.size),
         n_outliers=int((w < 0.5).sum()), images=tuple(images),
     )
