@@ -103,6 +103,210 @@ def monitor(
         )
 
 
+@app.command("calibrate-depth")
+def calibrate_depth(
+    images: list[str] = typer.Argument(  # noqa: B008
+        None, help="TIFFs of the tilted grid (2D or stacks); omit with --config."
+    ),
+    tilt_deg: str = typer.Option(
+        ..., "--tilt-deg", "-t",
+        help="Tilts in degrees, e.g. 3,6,10: one per image, or per consecutive group of "
+        "images (a stack's frames share its file's tilt).",
+    ),
+    output: str = typer.Option(..., "--output", "-o", help="Calibration JSON to write."),
+    axis: str = typer.Option(
+        "x", "--axis",
+        help="x: depth varies along x, positive tilt = +x side farther from the objective.",
+    ),
+    pixel_size_um: float = typer.Option(
+        None, "--pixel-size-um", help="Object pixel size (default 0.64, or the scope's)."
+    ),
+    model: str = typer.Option(None, "--model", "-m", help="zernike3 model name or path."),
+    features: str = typer.Option("eq14", "--features", help="eq14, signed, signed-cubic, ..."),
+    lens_axis_deg: float = typer.Option(45.0, "--lens-axis-deg", help="Cylindrical lens axis."),
+    min_r2: float = typer.Option(0.9, "--min-r2", help="Refuse fits with a lower R^2."),
+    config: str = typer.Option(
+        None, "--config", "-c", help="Acquire live from this scope (.cfg; 'sim' = simulator)."
+    ),
+    frames_per_tilt: int = typer.Option(1, "--frames-per-tilt", "-n", min=1),
+) -> None:
+    """Fit a depth calibration (um from zernike3 maps) on images of a tilted grid.
+
+    The in-focus line must pass through the centre of the field. From files, or live with
+    --config: on the simulated scope the tilt is set in software (with fresh grid offsets),
+    on a real scope you are asked to tilt the grid and press Enter.
+    """
+    import math
+    from typing import Any
+
+    from psf_live.depth import (
+        CalibrationError,
+        assign_tilts,
+        calibrate_frames,
+        parse_tilts,
+    )
+
+    try:
+        tilts = parse_tilts(tilt_deg)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if axis not in ("x", "y"):
+        raise fail(f"--axis must be x or y, got {axis!r}")
+    if bool(images) == bool(config):
+        raise fail("give calibration images or --config (not both, not neither)")
+    frames: list[Any] = []
+    frame_tilts: list[float] = []
+    if images:
+        from psf_live.estimate import check_frame
+        from psf_live.estimate._io import load_image
+
+        try:
+            per_file = assign_tilts(len(images), tilts)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        for path, t in zip(images, per_file, strict=True):
+            try:
+                data = load_image(path)
+                stack = data[None] if data.ndim == 2 else data
+                for f in stack:
+                    check_frame(f)
+            except ValueError as exc:
+                msg = str(exc)
+                raise fail(msg if msg.startswith(path) else f"{path}: {msg}") from None
+            frames.extend(stack)
+            frame_tilts.extend([t] * len(stack))
+        px = 0.64 if pixel_size_um is None else pixel_size_um
+    else:
+        from psf_live.acquire import open_core
+
+        try:
+            core = open_core(None if config == "sim" else config)
+        except Exception as exc:
+            raise fail(str(exc)) from None
+        try:
+            frames, frame_tilts, px = _acquire_depth_calibration(
+                core, tilts, axis, frames_per_tilt, pixel_size_um
+            )
+        finally:
+            core.unloadAllDevices()
+    try:
+        est = _load_estimator(model)
+    except Exception as exc:
+        raise fail(f"cannot load model {model or 'zernike3'!r}: {exc}") from None
+    try:
+        cal = calibrate_frames(
+            est, frames, frame_tilts, axis=axis,  # type: ignore[arg-type]
+            pixel_size_um=px, features=features, lens_axis=math.radians(lens_axis_deg),
+            min_r2=min_r2,
+        )
+    except CalibrationError as exc:
+        raise fail(f"calibration refused: {exc}") from None
+    for im in cal.report["images"]:
+        typer.echo(
+            f"image {im['index']}: tilt {im['tilt_deg']:+g} deg, {im['n_valid']} valid patches, "
+            f"depth range {im['depth_range_um']:.1f} um, R^2 {im['r2']:.4f}, "
+            f"residual {im['rms_um']:.2f} um RMS"
+        )
+    r = cal.report
+    cal.save(output)
+    typer.echo(
+        f"calibration ({cal.features}, network {cal.network['name']!r}): R^2 {r['r2']:.4f} "
+        f"(inliers {r['r2_inliers']:.4f}), residual {r['rms_um']:.2f} um RMS, "
+        f"{r['n_outliers']}/{r['n_patches']} outliers -> {output}"
+    )
+
+
+def _load_estimator(model: str | None):  # type: ignore[no-untyped-def]
+    from psf_live.estimate import Estimator
+
+    return Estimator.load(model or "zernike3")
+
+
+def _acquire_depth_calibration(  # type: ignore[no-untyped-def]
+    core, tilts: list[float], axis: str, per_tilt: int, pixel_size_um: float | None
+):
+    """Frames at each tilt: set in software on the simulator, by the user on a real scope."""
+    import numpy as np
+
+    cam = core.getCameraDevice()
+    sim = core.hasProperty(cam, "TiltDeg")
+    px = pixel_size_um if pixel_size_um is not None else (core.getPixelSizeUm() or 0.64)
+    rng = np.random.default_rng()
+
+    def set_tilt(t: float, k: int) -> None:
+        if sim:
+            core.setProperty(cam, "TiltAxis", axis)
+            core.setProperty(cam, "TiltDeg", t)
+            core.setProperty(cam, "SampleOffsetXUm", float(rng.uniform(0, 200)))
+            core.setProperty(cam, "SampleOffsetYUm", float(rng.uniform(0, 200)))
+        elif k == 0:
+            typer.prompt(
+                f"Tilt the grid by {t:+g} deg along {axis} (+{axis} side farther from the "
+                "objective), in-focus line through the centre; press Enter",
+                default="", show_default=False, prompt_suffix=" ",
+            )
+
+    def snap():  # type: ignore[no-untyped-def]
+        core.snapImage()
+        return core.getImage()
+
+    from psf_live.depth import acquire_calibration_frames
+
+    frames, frame_tilts = acquire_calibration_frames(snap, tilts, set_tilt, per_tilt)
+    typer.echo(f"acquired {len(frames)} frames ({'simulated' if sim else 'real'} scope)")
+    return frames, frame_tilts, float(px)
+
+
+@app.command("depth")
+def depth_cmd(
+    image: str = typer.Argument(..., help="TIFF (2D image or T x H x W stack)."),
+    calibration: str = typer.Option(..., "--calibration", "-c", help="calibrate-depth JSON."),
+    output: str = typer.Option(..., "--output", "-o", help="Output float32 TIFF (um)."),
+    grid: bool = typer.Option(False, "--grid", help="Write the patch grid, not full res."),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Model name or path (default: the calibration's)."
+    ),
+) -> None:
+    """Depth map in micrometres (NaN where invalid) and the tilt of the sample plane."""
+    import numpy as np
+
+    from psf_live.depth import CalibrationError, DepthCalibration, frame_depth
+    from psf_live.estimate import check_frame
+    from psf_live.estimate._io import load_image
+
+    try:
+        cal = DepthCalibration.load(calibration)
+    except CalibrationError as exc:
+        raise fail(str(exc)) from None
+    try:
+        data = load_image(image)
+        frames = data[None] if data.ndim == 2 else data
+        for f in frames:
+            check_frame(f)
+    except ValueError as exc:
+        msg = str(exc)
+        raise fail(msg if msg.startswith(image) else f"{image}: {msg}") from None
+    name = model or cal.network.get("name") or None
+    try:
+        est = _load_estimator(name)
+    except Exception as exc:
+        raise fail(f"cannot load model {name or 'zernike3'!r}: {exc}") from None
+    out = []
+    for t, f in enumerate(frames):
+        try:
+            fd = frame_depth(est, f, cal, full=not grid)
+        except CalibrationError as exc:
+            raise fail(str(exc)) from None
+        out.append(fd.grid if grid or fd.full is None else fd.full)
+        plane = fd.plane.line() if fd.plane is not None else "no plane (< 3 valid patches)"
+        typer.echo(f"frame {t}: {plane}")
+    import tifffile
+
+    arr = np.stack(out).astype(np.float32)
+    tifffile.imwrite(output, arr if data.ndim == 3 else arr[0], photometric="minisblack")
+    typer.echo(f"{image}: {len(out)} depth map(s) {arr.shape[1:]} um -> {output}")
+
+
 def main() -> None:
     """Entry point for ``python -m psf_live``."""
     app()

@@ -29,6 +29,15 @@ from ._metric import (
     signed_focus,
 )
 from ._synthetic import synthetic_psf_map
+from ._workflow import (
+    FrameDepth,
+    Mapper,
+    acquire_calibration_frames,
+    assign_tilts,
+    calibrate_frames,
+    frame_depth,
+    parse_tilts,
+)
 
 __all__ = [
     "DEFAULT_LENS_AXIS",
@@ -36,14 +45,21 @@ __all__ = [
     "CalibrationError",
     "DepthCalibration",
     "FitReport",
+    "FrameDepth",
     "ImageFit",
+    "Mapper",
     "PlaneTilt",
+    "acquire_calibration_frames",
+    "assign_tilts",
+    "calibrate_frames",
     "depth_features",
     "depth_full",
     "depth_map",
     "depth_metric",
     "fit_calibration",
     "fit_depth_plane",
+    "frame_depth",
+    "parse_tilts",
     "robust_lstsq",
     "signed_focus",
     "synthetic_psf_map",

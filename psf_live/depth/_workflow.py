@@ -1,0 +1,174 @@
+"""Calibration and depth workflows over any PSF mapper (the ``psf-live`` depth commands).
+
+Nothing here touches hardware: frames come in as arrays (from files or from a
+``snap`` callable the caller builds on its microscope), maps from any object with
+``map(frame) -> PSFMap`` (:class:`psf_live.estimate.Estimator`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from ._calib import (
+    MIN_R2,
+    DepthCalibration,
+    PlaneTilt,
+    depth_full,
+    depth_map,
+    fit_calibration,
+    fit_depth_plane,
+)
+from ._metric import DEFAULT_LENS_AXIS
+
+__all__ = [
+    "FrameDepth",
+    "Mapper",
+    "acquire_calibration_frames",
+    "assign_tilts",
+    "calibrate_frames",
+    "frame_depth",
+    "parse_tilts",
+]
+
+
+class Mapper(Protocol):
+    """Anything that maps a frame to a PSF map (e.g. :class:`~psf_live.estimate.Estimator`)."""
+
+    def map(self, frame: Any) -> Any:
+        """Return the PSF map of one 2D frame."""
+        ...
+
+
+def parse_tilts(text: str) -> list[float]:
+    """Parse ``"3,6,10"`` (degrees, comma separated) into floats; ValueError when malformed."""
+    try:
+        tilts = [float(t) for t in str(text).replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise ValueError(
+            f"--tilt-deg {text!r}: expected comma-separated degrees, e.g. 3,6,10"
+        ) from None
+    if not tilts:
+        raise ValueError("--tilt-deg: no tilt given")
+    bad = [t for t in tilts if not -45.0 < t < 45.0]
+    if bad:
+        raise ValueError(f"--tilt-deg: tilts must lie within (-45, 45) degrees, got {bad}")
+    return tilts
+
+
+def assign_tilts(n_items: int, tilts: Sequence[float]) -> list[float]:
+    """Tilt of each of ``n_items`` inputs (files) given the tilt list.
+
+    One tilt per input when the counts match; otherwise, when ``n_items`` is a multiple
+    of the number of tilts, consecutive groups: the first ``n_items / len(tilts)`` inputs
+    have the first tilt, and so on. Anything else is a ValueError.
+    """
+    k = len(tilts)
+    if k == 0 or n_items == 0:
+        raise ValueError(f"{n_items} images and {k} tilts")
+    if n_items == k:
+        return [float(t) for t in tilts]
+    if n_items % k == 0:
+        g = n_items // k
+        return [float(tilts[i // g]) for i in range(n_items)]
+    raise ValueError(
+        f"{n_items} images but {k} tilts: give one tilt per image, or a number of images "
+        "that is a multiple of the number of tilts (consecutive groups share a tilt)"
+    )
+
+
+def calibrate_frames(
+    mapper: Mapper,
+    frames: Iterable[np.ndarray],
+    tilts_deg: Sequence[float],
+    *,
+    axis: Literal["x", "y"] = "x",
+    pixel_size_um: float = 0.64,
+    features: str = "eq14",
+    lens_axis: float = DEFAULT_LENS_AXIS,
+    min_r2: float = MIN_R2,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+) -> DepthCalibration:
+    """Map every calibration frame and fit a :class:`DepthCalibration` on the maps.
+
+    Parameters
+    ----------
+    mapper : Mapper
+        PSF mapper of the zernike3 network to calibrate.
+    frames : iterable of numpy.ndarray
+        2D frames of a tilted grid, in-focus line through the centre of the field.
+    tilts_deg : sequence of float
+        Tilt of each frame.
+    axis, pixel_size_um, features, lens_axis, min_r2
+        See :func:`~psf_live.depth.fit_calibration`.
+    progress : callable, optional
+        Wraps the frame iterable (e.g. ``tqdm``).
+
+    Returns
+    -------
+    DepthCalibration
+    """
+    it: Iterable[Any] = frames if progress is None else progress(frames)
+    maps = [mapper.map(f) for f in it]
+    return fit_calibration(
+        maps, tilts_deg, axis=axis, pixel_size_um=pixel_size_um, features=features,
+        lens_axis=lens_axis, min_r2=min_r2,
+    )
+
+
+def acquire_calibration_frames(
+    snap: Callable[[], np.ndarray],
+    tilts_deg: Sequence[float],
+    set_tilt: Callable[[float, int], None],
+    frames_per_tilt: int = 1,
+) -> tuple[list[np.ndarray], list[float]]:
+    """Acquire ``frames_per_tilt`` frames at each tilt.
+
+    ``set_tilt(tilt, k)`` is called before frame ``k`` of each tilt: on a simulated scope it
+    sets the tilt (and, for ``k > 0``, a fresh grid offset); on a real scope it prompts the
+    user to tilt the grid (``k == 0``) and waits.
+    """
+    frames: list[np.ndarray] = []
+    tilts: list[float] = []
+    for t in tilts_deg:
+        for k in range(int(frames_per_tilt)):
+            set_tilt(float(t), k)
+            frames.append(np.asarray(snap()))
+            tilts.append(float(t))
+    return frames, tilts
+
+
+@dataclass(frozen=True)
+class FrameDepth:
+    """Depth of one frame: the patch grid, the full-resolution map and the plane tilt."""
+
+    grid: np.ndarray
+    full: np.ndarray | None
+    centers_y: np.ndarray
+    centers_x: np.ndarray
+    plane: PlaneTilt | None
+
+
+def frame_depth(
+    mapper: Mapper, frame: np.ndarray, calibration: DepthCalibration, full: bool = True
+) -> FrameDepth:
+    """Depth map (um) of one frame with a calibration, and the tilt of the sample plane.
+
+    Raises
+    ------
+    CalibrationError
+        The mapper's network is not the calibration's.
+    """
+    m = mapper.map(frame)
+    grid = depth_map(m, calibration)
+    plane = None
+    if int(np.isfinite(grid).sum()) >= 3:
+        plane = fit_depth_plane(
+            grid, m.centers_y, m.centers_x, calibration.pixel_size_um, tuple(m.frame_shape)
+        )
+    fr = depth_full(grid, m.centers_y, m.centers_x, tuple(m.frame_shape)) if full else None
+    return FrameDepth(grid, fr, np.asarray(m.centers_y), np.asarray(m.centers_x), plane)
+

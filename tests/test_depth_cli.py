@@ -1,0 +1,159 @@
+"""The calibrate-depth and depth commands (CliRunner), with a stand-in mapper and a tiny net."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from psf_live import cli
+from psf_live.depth import DepthCalibration, synthetic_psf_map, true_depth_grid
+from psf_live.estimate import patch_centers, patch_starts
+
+tifffile = pytest.importorskip("tifffile")
+runner = CliRunner()
+SHAPE = (384, 512)
+META = {"name": "fake-z3", "sha256": "ee" * 32, "psf_model": "zernike3"}
+
+
+class TiltMapper:
+    """Stand-in for an Estimator: the ideal zernike3 map of a plane whose tilt (deg) is the
+    frame's mean value (frames are constant images), plus a little noise."""
+
+    def __init__(self, meta: dict[str, Any] = META) -> None:
+        self.meta = meta
+        self.rng = np.random.default_rng(0)
+
+    def map(self, frame: Any) -> Any:
+        f = np.asarray(frame, dtype=np.float64)
+        tilt = float(f.mean()) - 20.0
+        cy = patch_centers(patch_starts(f.shape[0]))
+        cx = patch_centers(patch_starts(f.shape[1]))
+        d = true_depth_grid(cy, cx, tilt, "x", 0.64, f.shape)
+        return synthetic_psf_map(d, cy, cx, f.shape, focus_noise=0.003, rng=self.rng,
+                                 invalid_fraction=0.05, meta=self.meta)
+
+
+def _frame(tilt: float) -> np.ndarray:
+    return np.full(SHAPE, tilt + 20.0, np.float32)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> TiltMapper:
+    m = TiltMapper()
+    monkeypatch.setattr(cli, "_load_estimator", lambda model: m)
+    return m
+
+
+def _tilts(text: str) -> list[tuple[float, float]]:
+    return [(float(a), float(b)) for a, b in
+            re.findall(r"tilt x ([-+.\d]+) deg, tilt y ([-+.\d]+) deg", text)]
+
+
+def _write(tmp: Path, name: str, data: np.ndarray) -> str:
+    p = tmp / name
+    tifffile.imwrite(p, data, photometric="minisblack")
+    return str(p)
+
+
+def test_calibrate_then_depth(tmp_path: Path, fake: TiltMapper) -> None:
+    imgs = [_write(tmp_path, f"g{t}.tif", _frame(t)) for t in (3, 6, 10)]
+    # a stack: both frames share the file's tilt
+    imgs.append(_write(tmp_path, "s.tif", np.stack([_frame(-5), _frame(-5)])))
+    out = tmp_path / "c.json"
+    r = runner.invoke(cli.app, ["calibrate-depth", *imgs, "--tilt-deg", "3,6,10,-5",
+                                "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("R^2") == 6 and "image 4: tilt -5 deg" in r.output
+    cal = json.loads(out.read_text())
+    assert cal["network"]["sha256"] == META["sha256"] and cal["tilt_axis"] == "x"
+    assert cal["tilts_deg"] == [3, 6, 10, -5, -5]
+
+    img = _write(tmp_path, "x.tif", _frame(8))
+    r = runner.invoke(cli.app, ["depth", img, "--calibration", str(out),
+                                "-o", str(tmp_path / "d.tif")])
+    assert r.exit_code == 0, r.output
+    tx, ty = _tilts(r.output)[0]
+    assert tx == pytest.approx(8.0, abs=0.1) and ty == pytest.approx(0.0, abs=0.1)
+    d = tifffile.imread(tmp_path / "d.tif")
+    assert d.shape == SHAPE and d.dtype == np.float32
+    x = np.arange(SHAPE[1])
+    truth = (x - (SHAPE[1] - 1) / 2) * 0.64 * math.tan(math.radians(8))
+    ok = np.isfinite(d[200]) & (x > 64) & (x < SHAPE[1] - 64)
+    assert ok.sum() > 200
+    assert np.median(np.abs(d[200, ok] - truth[ok])) < 1.0
+
+    # grid output of a stack: one map per frame
+    st = _write(tmp_path, "st.tif", np.stack([_frame(4), _frame(-4), _frame(0)]))
+    r = runner.invoke(cli.app, ["depth", st, "-c", str(out), "-o", str(tmp_path / "g.tif"),
+                                "--grid"])
+    assert r.exit_code == 0, r.output
+    g = tifffile.imread(tmp_path / "g.tif")
+    assert g.shape == (3, 5, 7)
+    assert [round(t[0]) for t in _tilts(r.output)] == [4, -4, 0]
+
+
+def test_calibration_refused_and_bad_input(tmp_path: Path, fake: TiltMapper) -> None:
+    flat = _write(tmp_path, "flat.tif", _frame(0))
+    r = runner.invoke(cli.app, ["calibrate-depth", flat, "--tilt-deg", "0", "-o",
+                                str(tmp_path / "c.json")])
+    assert r.exit_code == 1 and "calibration refused" in r.output and "no depth range" in r.output
+    assert not (tmp_path / "c.json").exists()
+    a = _write(tmp_path, "a.tif", _frame(3))
+    cases = [
+        (["calibrate-depth", a, "--tilt-deg", "3,6", "-o", "c.json"], "1 images but 2 tilts"),
+        (["calibrate-depth", a, "--tilt-deg", "3;x", "-o", "c.json"], "expected comma"),
+        (["calibrate-depth", str(tmp_path / "no.tif"), "-t", "3", "-o", "c.json"], "no such"),
+        (["calibrate-depth", "--tilt-deg", "3", "-o", "c.json"], "give calibration images"),
+        (["calibrate-depth", a, "-t", "3", "--axis", "z", "-o", "c.json"], "--axis"),
+        (["depth", a, "-c", str(tmp_path / "none.json"), "-o", "d.tif"],
+         "none.json: no such calibration file"),
+    ]
+    for args, msg in cases:
+        r = runner.invoke(cli.app, args)
+        assert r.exit_code != 0 and msg in r.output, (args, r.output)
+        assert r.output.strip().count("\n") == 0, r.output
+
+
+def test_depth_with_another_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cal = DepthCalibration(features="eq14", coef=[0.0, -120.0], network=dict(META))
+    p = cal.save(tmp_path / "cal.json")
+    other = TiltMapper({"name": "fake-z3", "sha256": "aa" * 32})
+    monkeypatch.setattr(cli, "_load_estimator", lambda model: other)
+    img = _write(tmp_path, "i.tif", _frame(5))
+    r = runner.invoke(cli.app, ["depth", img, "-c", str(p), "-o", str(tmp_path / "d.tif")])
+    assert r.exit_code == 1
+    assert "cal.json: made with network 'fake-z3'" in r.output
+    assert r.output.strip().count("\n") == 0
+
+
+def test_tiny_network_end_to_end(tmp_path: Path) -> None:
+    """Real Estimator path: an untrained tiny net cannot calibrate (refused with a reason);
+    a calibration made for it maps depth at full resolution."""
+    models = pytest.importorskip("psf_live.models")
+    pytest.importorskip("psf_live.nets")
+    from test_estimate_estimator import make_tiny
+
+    net, card = make_tiny()
+    mp = tmp_path / "tiny.pt"
+    models.save_model(net, card, mp)
+    card = models.load_model(mp)[1]
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 4000, size=(256, 320)).astype(np.uint16)
+    f = _write(tmp_path, "i.tif", img)
+    r = runner.invoke(cli.app, ["calibrate-depth", f, "-t", "6", "-m", str(mp), "-o",
+                                str(tmp_path / "c.json")])
+    assert r.exit_code == 1 and "calibration refused" in r.output
+    cal = DepthCalibration(features="signed", coef=[1.0, 50.0],
+                           network={"name": card.name, "sha256": card.sha256})
+    cp = cal.save(tmp_path / "c.json")
+    r = runner.invoke(cli.app, ["depth", f, "-c", str(cp), "-m", str(mp), "-o",
+                                str(tmp_path / "d.tif")])
+    assert r.exit_code == 0, r.output
+    assert tifffile.imread(tmp_path / "d.tif").shape == (256, 320)
