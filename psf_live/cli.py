@@ -122,7 +122,9 @@ def calibrate_depth(
         None, "--pixel-size-um", help="Object pixel size (default 0.64, or the scope's)."
     ),
     model: str = typer.Option(None, "--model", "-m", help="zernike3 model name or path."),
-    features: str = typer.Option("eq14", "--features", help="eq14, signed, signed-cubic, ..."),
+    features: str = typer.Option(
+        "signed", "--features", help="signed (default), eq14 (paper), signed-cubic, eq14-cubic."
+    ),
     lens_axis_deg: float = typer.Option(45.0, "--lens-axis-deg", help="Cylindrical lens axis."),
     min_r2: float = typer.Option(0.9, "--min-r2", help="Refuse fits with a lower R^2."),
     config: str = typer.Option(

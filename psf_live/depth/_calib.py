@@ -467,7 +467,7 @@ def fit_calibration(
     *,
     axis: Literal["x", "y"] = "x",
     pixel_size_um: float = 0.64,
-    features: str = "eq14",
+    features: str = "signed",
     lens_axis: float = DEFAULT_LENS_AXIS,
     min_r2: float = MIN_R2,
 ) -> DepthCalibration:

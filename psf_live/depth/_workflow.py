@@ -87,7 +87,7 @@ def calibrate_frames(
     *,
     axis: Literal["x", "y"] = "x",
     pixel_size_um: float = 0.64,
-    features: str = "eq14",
+    features: str = "signed",
     lens_axis: float = DEFAULT_LENS_AXIS,
     min_r2: float = MIN_R2,
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
