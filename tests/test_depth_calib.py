@@ -215,12 +215,16 @@ def test_full_resolution_depth():
     inside = (x >= CX[0]) & (x <= CX[-1])
     exact = (x - 511.5) * PX * math.tan(math.radians(6.0))
     np.testing.assert_allclose(full[300, inside], exact[inside], atol=1e-3)
-    # invalid patches are skipped; a pixel with no valid support is NaN
+    # one invalid patch is filled from its neighbours: no hole, still the plane
+    one = d.copy()
+    one[4, 4] = np.nan
+    np.testing.assert_allclose(depth_full(one, CY, CX, SHAPE), full, atol=1e-3)
+    # a hole wider than one patch: NaN where no valid patch supports the pixel
     holes = d.copy()
     holes[:, :3] = np.nan
     f2 = depth_full(holes, CY, CX, SHAPE)
-    assert np.isnan(f2[:, :100]).all() and np.isfinite(f2[:, 250:]).all()
-    np.testing.assert_allclose(f2[:, 300:], full[:, 300:], atol=1e-3)
+    assert np.isnan(f2[:, :100]).all() and np.isfinite(f2[:, 200:]).all()
+    np.testing.assert_allclose(f2[:, 330:], full[:, 330:], atol=1e-3)
 
 
 def test_features_shape():

@@ -338,6 +338,28 @@ def depth_map(psf_map: Any, calibration: DepthCalibration) -> np.ndarray:
     return np.where(valid, d, np.nan).astype(np.float32)
 
 
+def _fill_holes(d: np.ndarray) -> np.ndarray:
+    """Replace each NaN patch by the weighted mean of its finite 8-neighbours (if any)."""
+    ok = np.isfinite(d)
+    if ok.all():
+        return d
+    pad = np.pad(np.where(ok, d, 0.0), 1)
+    okp = np.pad(ok.astype(np.float64), 1)
+    num = np.zeros_like(d)
+    den = np.zeros_like(d)
+    r, c = d.shape
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            w = 1.0 if dy == 0 or dx == 0 else 1.0 / math.sqrt(2.0)
+            num += w * pad[1 + dy : 1 + dy + r, 1 + dx : 1 + dx + c]
+            den += w * okp[1 + dy : 1 + dy + r, 1 + dx : 1 + dx + c]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fill = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return np.where(ok, d, fill)
+
+
 def depth_full(
     depth: npt.ArrayLike,
     centers_y: npt.ArrayLike,
@@ -346,10 +368,12 @@ def depth_full(
 ) -> np.ndarray:
     """Interpolate a patch depth grid to full resolution, NaN where unsupported.
 
-    Normalised bilinear interpolation: the hat weights of
-    :func:`psf_live.psf.bilinear_weights` (those of the overlap-add model, Eq. 12),
-    restricted to the finite patches and renormalised. A pixel whose supporting patch
-    centres (up to four) are all NaN stays NaN.
+    An invalid (NaN) patch with valid neighbours first takes the weighted mean of its
+    finite 8-neighbours (so one bad patch leaves no hole); the grid is then interpolated
+    with the hat weights of :func:`psf_live.psf.bilinear_weights` (those of the
+    overlap-add model, Eq. 12; constant beyond the outer centres), restricted to the
+    finite patches and renormalised. Pixels whose supporting patches (up to four) are
+    all NaN after the fill, i.e. inside holes wider than one patch, stay NaN.
 
     Parameters
     ----------
@@ -367,15 +391,16 @@ def depth_full(
     """
     from psf_live.psf import bilinear_weights
 
-    d = np.asarray(depth, dtype=np.float64)
+    d = _fill_holes(np.asarray(depth, dtype=np.float64))
     ok = np.isfinite(d)
     h, w = int(shape[0]), int(shape[1])
     wy = np.asarray(bilinear_weights(h, np.asarray(centers_y)), dtype=np.float64)
     wx = np.asarray(bilinear_weights(w, np.asarray(centers_x)), dtype=np.float64)
     num = wy.T @ np.where(ok, d, 0.0) @ wx
     den = wy.T @ ok.astype(np.float64) @ wx
+    good = den > 1e-3
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den > 1e-9, num / np.where(den > 1e-9, den, 1.0), np.nan)
+        out = np.where(good, num / np.where(good, den, 1.0), np.nan)
     return out.astype(np.float32)
 
 
