@@ -157,3 +157,53 @@ def test_tiny_network_end_to_end(tmp_path: Path) -> None:
                                 str(tmp_path / "d.tif")])
     assert r.exit_code == 0, r.output
     assert tifffile.imread(tmp_path / "d.tif").shape == (256, 320)
+
+
+def test_live_acquisition_sim_sets_tilt() -> None:
+    """On the simulated scope the tilt is set in software with fresh grid offsets."""
+    acquire = pytest.importorskip("psf_live.acquire")
+    core = acquire.open_core(None)
+    try:
+        cam = core.getCameraDevice()
+        core.setProperty(cam, "SensorWidth", 192)
+        core.setProperty(cam, "SensorHeight", 160)
+        seen: list[float] = []
+        snap0 = core.snapImage
+
+        def snap_and_record() -> None:
+            seen.append(float(core.getProperty(cam, "TiltDeg")))
+            snap0()
+
+        core.snapImage = snap_and_record  # type: ignore[method-assign]
+        frames, tilts, px = cli._acquire_depth_calibration(core, [3.0, -6.0], "x", 2, None)
+    finally:
+        core.unloadAllDevices()
+    assert tilts == [3.0, 3.0, -6.0, -6.0] and seen == tilts
+    assert px == pytest.approx(0.64) and len(frames) == 4 and frames[0].shape == (160, 192)
+    assert not np.array_equal(frames[0], frames[1])
+
+
+def test_live_acquisition_real_scope_prompts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a real scope (no TiltDeg property) the user is asked once per tilt."""
+
+    class Core:
+        def getCameraDevice(self) -> str:
+            return "Cam"
+
+        def hasProperty(self, dev: str, prop: str) -> bool:
+            return False
+
+        def getPixelSizeUm(self) -> float:
+            return 0.5
+
+        def snapImage(self) -> None:
+            pass
+
+        def getImage(self) -> np.ndarray:
+            return np.zeros((8, 8), np.uint16)
+
+    prompts: list[str] = []
+    monkeypatch.setattr(cli.typer, "prompt", lambda text, **kw: prompts.append(text) or "")
+    frames, tilts, px = cli._acquire_depth_calibration(Core(), [3.0, 6.0], "y", 3, None)
+    assert len(frames) == 6 and px == 0.5 and tilts == [3.0] * 3 + [6.0] * 3
+    assert len(prompts) == 2 and "+3 deg along y" in prompts[0] and "+6" in prompts[1]
