@@ -237,6 +237,8 @@ def _acquire_depth_calibration(  # type: ignore[no-untyped-def]
 
     def set_tilt(t: float, k: int) -> None:
         if sim:
+            # in-focus line through the centre: focal plane at the sample's height
+            core.setPosition(float(core.getProperty(cam, "SampleZUm")))
             core.setProperty(cam, "TiltAxis", axis)
             core.setProperty(cam, "TiltDeg", t)
             core.setProperty(cam, "SampleOffsetXUm", float(rng.uniform(0, 200)))
@@ -307,6 +309,38 @@ def depth_cmd(
     arr = np.stack(out).astype(np.float32)
     tifffile.imwrite(output, arr if data.ndim == 3 else arr[0], photometric="minisblack")
     typer.echo(f"{image}: {len(out)} depth map(s) {arr.shape[1:]} um -> {output}")
+
+
+@app.command()
+def gui(
+    config: str = typer.Option(None, "--config", "-c", help="Micro-Manager .cfg (default: sim)."),
+    model: str = typer.Option(None, "--model", "-m", help="Shipped model name or weights path."),
+    stride: int = typer.Option(64, "--stride", "-s", min=16, help="Patch stride in pixels."),
+    calibration: str = typer.Option(
+        None, "--calibration", help="Depth calibration JSON (calibrate-depth)."
+    ),
+) -> None:
+    """Open the live panel: camera, focus/astigmatism/depth heatmaps, tilt and trends."""
+    import os
+    import sys
+
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        or os.environ.get("QT_QPA_PLATFORM")
+    ):
+        raise fail("no display (DISPLAY/WAYLAND_DISPLAY unset); use `psf-live monitor` instead")
+    from psf_live.acquire import ConfigError
+
+    if calibration is not None and not os.path.exists(calibration):
+        raise fail(f"{calibration}: calibration file not found")
+    try:
+        from psf_live.gui import run_gui
+
+        code = run_gui(config, model=model, stride=stride, calibration=calibration)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:

@@ -175,7 +175,9 @@ def test_live_acquisition_sim_sets_tilt() -> None:
             snap0()
 
         core.snapImage = snap_and_record  # type: ignore[method-assign]
+        core.setPosition(25.0)  # out of focus: the calibration brings the grid back
         frames, tilts, px = cli._acquire_depth_calibration(core, [3.0, -6.0], "x", 2, None)
+        assert core.getPosition() == pytest.approx(float(core.getProperty(cam, "SampleZUm")))
     finally:
         core.unloadAllDevices()
     assert tilts == [3.0, 3.0, -6.0, -6.0] and seen == tilts
