@@ -1,0 +1,282 @@
+"""Total-variation regularised Richardson-Lucy with spatially-variant PSFs (Eq. 12-13)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from psf_live.psf import OverlapAdd
+
+from ._kernels import kernels_from_map, trim_kernels
+
+__all__ = ["poisson_nll", "richardson_lucy_tv", "tv_divergence"]
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+# Where H^T 1 (the sensitivity of the data to an extended-domain pixel) falls
+# below this, the pixel is not updated: it is (almost) unobserved.
+_MIN_SENSITIVITY = 1e-3
+# Smallest allowed TV factor 1 - lambda div(...): keeps the update positive and
+# bounded for any lambda (never reached for lambda < 0.25 since |div| <= 4).
+_MIN_TV_FACTOR = 0.05
+
+
+def tv_divergence(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Curvature term ``div(grad x / |grad x|_eps)`` of the TV prior.
+
+    Forward differences for the gradient, backward differences for the
+    divergence (so ``div = -grad^T``), Neumann boundaries, and
+    ``|g|_eps = sqrt(gx^2 + gy^2 + eps^2)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        (H, W) image.
+    eps : float
+        Smoothing of the gradient norm, in the units of ``x``.
+
+    Returns
+    -------
+    torch.Tensor
+        (H, W), values in [-4, 4].
+    """
+    gx = torch.zeros_like(x)
+    gy = torch.zeros_like(x)
+    gx[:, :-1] = x[:, 1:] - x[:, :-1]
+    gy[:-1, :] = x[1:, :] - x[:-1, :]
+    norm = torch.sqrt(gx * gx + gy * gy + eps * eps)
+    px = gx / norm
+    py = gy / norm
+    div = px.clone()
+    div[:, 1:] -= px[:, :-1]
+    div += py
+    div[1:, :] -= py[:-1, :]
+    return div
+
+
+def poisson_nll(image: torch.Tensor, blurred: torch.Tensor) -> float:
+    """Poisson negative log-likelihood ``sum(Hx - y log Hx)`` (constant terms dropped).
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        Observed counts ``y`` (>= 0).
+    blurred : torch.Tensor
+        Model ``H x`` (> 0 where ``y > 0``).
+
+    Returns
+    -------
+    float
+        The negative log-likelihood (float64 accumulation).
+    """
+    y = image.double()
+    m = blurred.double().clamp_min(1e-300)
+    return float((m - torch.where(y > 0, y * torch.log(m), torch.zeros_like(y))).sum())
+
+
+def _to_tensor(a: Any, device: torch.device) -> torch.Tensor:
+    t = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+    return t.to(device=device, dtype=torch.float32)
+
+
+def _default_device(image: Any) -> torch.device:
+    if isinstance(image, torch.Tensor):
+        return image.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class _Problem:
+    """The extended-domain operator y = crop(H x_ext) and its adjoint."""
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        kernels: torch.Tensor,
+        centers_y: np.ndarray,
+        centers_x: np.ndarray,
+        extend: bool,
+        device: torch.device,
+    ) -> None:
+        self.shape = shape
+        self.r = r = kernels.shape[-1] // 2 if extend else 0
+        H, W = shape
+        self.ext_shape = (H + 2 * r, W + 2 * r)
+        self.op = OverlapAdd(self.ext_shape, centers_y + r, centers_x + r, kernels, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.r
+        out = self.op.forward(x)
+        if r == 0:
+            return out
+        return out[r : r + self.shape[0], r : r + self.shape[1]]
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        r = self.r
+        if r:
+            y = torch.nn.functional.pad(y, (r, r, r, r))
+        return self.op.adjoint(y)
+
+
+def _as_kernels(
+    psf: Any,
+    shape: tuple[int, int],
+    centers_y: Sequence[float] | npt.NDArray[Any] | None,
+    centers_x: Sequence[float] | npt.NDArray[Any] | None,
+    energy: float,
+    device: torch.device,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    if hasattr(psf, "params") and hasattr(psf, "centers_y") and hasattr(psf, "psf_model"):
+        k, cy, cx = kernels_from_map(psf, device=device, energy=energy)
+        return k.reshape(-1, k.shape[-2], k.shape[-1]).to(device), cy, cx
+    k = _to_tensor(psf, device)
+    if not bool(torch.isfinite(k).all()):
+        raise ValueError("the PSF contains NaN or inf")
+    if k.ndim == 2:
+        k = k[None]
+        cy = np.array([(shape[0] - 1) / 2.0]) if centers_y is None else np.asarray(centers_y)
+        cx = np.array([(shape[1] - 1) / 2.0]) if centers_x is None else np.asarray(centers_x)
+    else:
+        if centers_y is None or centers_x is None:
+            raise ValueError("several PSFs need their grid centres (centers_y, centers_x)")
+        cy, cx = np.asarray(centers_y, np.float64), np.asarray(centers_x, np.float64)
+        k = k.reshape(-1, k.shape[-2], k.shape[-1])
+    if k.shape[0] != cy.size * cx.size:
+        raise ValueError(
+            f"{k.shape[0]} PSFs do not match a {cy.size}x{cx.size} grid of centres"
+        )
+    if k.shape[-1] != k.shape[-2] or k.shape[-1] % 2 == 0:
+        raise ValueError(f"PSFs must be square with an odd side, got {tuple(k.shape[-2:])}")
+    if bool((k.sum((-2, -1)) <= 0).any()):
+        raise ValueError("every PSF must have a positive sum")
+    k = k.clamp_min(0)
+    return trim_kernels(k, energy), cy.astype(np.float64), cx.astype(np.float64)
+
+
+def richardson_lucy_tv(
+    image: ArrayT,
+    psf: Any,
+    num_iter: int = 20,
+    lambda_tv: float = 0.1,
+    *,
+    centers_y: Sequence[float] | npt.NDArray[Any] | None = None,
+    centers_x: Sequence[float] | npt.NDArray[Any] | None = None,
+    eps: float = 1e-3,
+    energy: float = 0.999,
+    extend: bool = True,
+    device: torch.device | str | None = None,
+) -> ArrayT:
+    r"""Deconvolve an image with (spatially-variant) TV-regularised Richardson-Lucy.
+
+    The forward model is the overlap-add operator of Eq. (12),
+    ``H x = sum_m h_m * (phi_m . x)`` (bilinear masks phi_m centred on the PSF
+    grid, :class:`psf_live.psf.OverlapAdd`), with its exact adjoint
+    ``H^T r = sum_m phi_m . (h~_m * r)``. Each iteration is the TV-RL update of
+    Dey et al. (2006), the standard form of the paper's Eq. (13)::
+
+        x <- x / (1 - lambda_tv * div(grad x / |grad x|_eps)) * H^T(y / H x) / H^T 1
+
+    With one PSF this is ordinary TV-RL (and plain RL for ``lambda_tv=0``).
+
+    Parameters
+    ----------
+    image : numpy.ndarray or torch.Tensor
+        (H, W) blurred image, any real dtype; negative values (read noise) are
+        clipped to zero, NaN/inf are rejected.
+    psf : array_like, torch.Tensor or PSFMap
+        One PSF (k, k) (spatially invariant); or R*C PSFs (R, C, k, k) or
+        (R*C, k, k) centred at ``(centers_y[i], centers_x[j])`` (non-blind); or
+        a PSF map from :class:`psf_live.estimate.Estimator` (blind: one kernel
+        rendered per patch from its parameters; invalid patches are expected to
+        be KNN-filled already). Kernels are normalised to sum to one.
+    num_iter : int
+        Number of iterations (20 in the paper).
+    lambda_tv : float
+        TV weight (0.1 in the paper, as in Dey et al.). It is dimensionless: the
+        update is multiplicative and ``div(grad x/|grad x|)`` does not depend on
+        the intensity scale, so the result is equivariant to scaling the image
+        (``f(a y) = a f(y)``). The image is normalised internally by its
+        maximum, which is the unit of ``eps``. ``|div| <= 4``, so the TV factor
+        stays positive for ``lambda_tv < 0.25``; above, it is clamped at 0.05.
+    centers_y, centers_x : sequence of float, optional
+        Increasing pixel coordinates of the PSF grid (required for several PSFs;
+        the image centre for one PSF).
+    eps : float
+        Smoothing of ``|grad x|``, relative to the image maximum.
+    energy : float
+        Each kernel is cropped to the smallest centred square holding this
+        fraction of its energy (99.9 % by default) so local FFTs stay small.
+    extend : bool
+        Field extension: estimate ``x`` on a domain larger than the frame by the
+        kernel radius, so that borders do not ring and nothing wraps around; the
+        data term only covers the frame (``H^T 1 < 1`` in the margin, which the
+        update accounts for). With ``False`` the object is assumed zero outside
+        the frame.
+    device : torch.device or str, optional
+        Where to compute: the image's device for tensors, else CUDA when
+        available, else CPU.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        (H, W) float32 non-negative estimate, same kind as ``image`` (tensors on
+        the compute device).
+
+    Notes
+    -----
+    Guards: ``H x`` is floored at 1e-12 of the image scale (zero regions give a
+    zero ratio, not NaN), pixels of the extended margin with ``H^T 1 < 1e-3``
+    are not updated, and the TV factor is floored at 0.05. The first estimate
+    is flat at the image mean. The denominator is ``(1 - lambda div) H^T 1``
+    (the brief's product form; Dey's derivation gives ``H^T 1 - lambda div``,
+    identical wherever ``H^T 1 = 1``, i.e. everywhere but the margin).
+
+    References
+    ----------
+    .. [1] W. H. Richardson, "Bayesian-based iterative method of image
+       restoration", J. Opt. Soc. Am. 62 (1972).
+    .. [2] N. Dey et al., "Richardson-Lucy algorithm with total variation
+       regularization for 3D confocal microscope deconvolution", Microsc. Res.
+       Tech. 69 (2006), 260-266.
+    .. [3] M. Hirsch et al., "Efficient filter flow for space-variant multiframe
+       blind deconvolution", CVPR 2010 (overlap-add).
+    .. [4] A. Shajkofci and M. Liebling, IEEE TIP 29 (2020), Eq. 12-13.
+    """
+    if num_iter < 0:
+        raise ValueError(f"num_iter must be >= 0, got {num_iter}")
+    if lambda_tv < 0:
+        raise ValueError(f"lambda_tv must be >= 0, got {lambda_tv}")
+    dev = torch.device(device) if device is not None else _default_device(image)
+    is_tensor = isinstance(image, torch.Tensor)
+    y = _to_tensor(image, dev)
+    if y.ndim != 2 or y.numel() == 0:
+        raise ValueError(f"expected a non-empty 2D image, got shape {tuple(y.shape)}")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("the image contains NaN or inf")
+    shape = (int(y.shape[0]), int(y.shape[1]))
+    kernels, cy, cx = _as_kernels(psf, shape, centers_y, centers_x, energy, dev)
+    y = y.clamp_min(0)
+    scale = float(y.max())
+    if scale <= 0 or num_iter == 0:
+        out = y.clone()
+        return out if is_tensor else out.cpu().numpy()  # type: ignore[return-value]
+    y = y / scale
+    prob = _Problem(shape, kernels, cy, cx, extend, dev)
+    sens = prob.adjoint(torch.ones_like(y))
+    observed = sens > _MIN_SENSITIVITY
+    inv_sens = torch.where(observed, 1.0 / sens.clamp_min(_MIN_SENSITIVITY), 0.0)
+    x = torch.full(prob.ext_shape, float(y.mean()), device=dev)
+    floor = 1e-12
+    for _ in range(num_iter):
+        ratio = y / prob.forward(x).clamp_min(floor)
+        corr = prob.adjoint(ratio) * inv_sens
+        if lambda_tv > 0:
+            tv = (1.0 - lambda_tv * tv_divergence(x, eps)).clamp_min(_MIN_TV_FACTOR)
+            corr = corr / tv
+        x = torch.where(observed, x * corr, x)
+    r = prob.r
+    out = x[r : r + shape[0], r : r + shape[1]] * scale
+    return out if is_tensor else out.cpu().numpy()  # type: ignore[return-value]
