@@ -260,3 +260,32 @@ def test_gui_command_bad_config_one_line_error(tmp_path: Path) -> None:
     err = res.stderr if hasattr(res, "stderr") else res.output
     assert "missing.cfg" in err and "not found" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_gui_command_opens_panel_and_exits_cleanly(qapp: Any, tiny_path: Path) -> None:
+    from qtpy import QtCore
+    from typer.testing import CliRunner
+
+    from psf_live.cli import app
+
+    seen: dict[str, Any] = {}
+
+    def close_when_mapped() -> None:
+        panels = [w for w in qapp.topLevelWidgets() if isinstance(w, PSFLivePanel)]
+        if panels and panels[0].maps_shown >= 1:
+            seen["live"] = panels[0].is_live()
+            seen["threads"] = _psf_threads()
+            panels[0].close()
+            qapp.quit()
+        elif time.perf_counter() - t0 < 40:
+            QtCore.QTimer.singleShot(100, close_when_mapped)
+        else:
+            qapp.quit()
+
+    t0 = time.perf_counter()
+    QtCore.QTimer.singleShot(100, close_when_mapped)
+    res = CliRunner().invoke(app, ["gui", "--model", str(tiny_path), "--stride", "128"])
+    assert res.exit_code == 0, res.output
+    assert seen.get("live") is True  # the command starts live mapping
+    assert seen["threads"]
+    assert _psf_threads() == []

@@ -168,17 +168,18 @@ class PSFLivePanel(QtWidgets.QWidget):
         self.axis_lines.setZValue(6)
         self.astig_view.plot.addItem(self.axis_lines)
         self.depth_view = HeatmapView("Depth", "CET-D1", (-20.0, 20.0), "depth (um)")
-        for v in (self.focus_view, self.astig_view, self.depth_view):
-            v.plot.setXLink(self.camera_plot)
-            v.plot.setYLink(self.camera_plot)
-        self.camera_plot.setRange(QtCore.QRectF(0, 0, 1024, 1024), padding=0.0)
+        self._frame_rect: QtCore.QRectF | None = None
+        self._set_range(QtCore.QRectF(0, 0, 1024, 1024))
         grid.addWidget(self.camera_view, 0, 0)
         grid.addWidget(self.focus_view, 0, 1)
         grid.addWidget(self.astig_view, 1, 0)
         grid.addWidget(self.depth_view, 1, 1)
 
-        side = QtWidgets.QVBoxLayout()
-        body.addLayout(side, 0)
+        side_widget = QtWidgets.QWidget()
+        side_widget.setMaximumWidth(400)
+        side = QtWidgets.QVBoxLayout(side_widget)
+        side.setContentsMargins(0, 0, 0, 0)
+        body.addWidget(side_widget, 0)
         side.addWidget(self._build_readouts())
         self.focus_trend = pg.PlotWidget(title="Focus trend")
         self.tilt_trend = pg.PlotWidget(title="Tilt trend (deg)")
@@ -186,7 +187,7 @@ class PSFLivePanel(QtWidgets.QWidget):
             pw.setBackground("#1e1e1e")
             pw.setLabel("bottom", "seconds ago")
             pw.showGrid(x=True, y=True, alpha=0.3)
-            pw.setMinimumWidth(300)
+            pw.setMinimumWidth(260)
             pw.setMaximumHeight(190)
             pw.getPlotItem().setMenuEnabled(False)
             pw.getPlotItem().hideButtons()
@@ -546,12 +547,19 @@ class PSFLivePanel(QtWidgets.QWidget):
             lo, hi = np.percentile(frame[::4, ::4], (0.5, 99.8))
             self._cam_levels = (float(lo), float(max(hi, lo + 1)))
             self.camera_image.setImage(frame, levels=self._cam_levels)
-            self.camera_image.setRect(QtCore.QRectF(0, 0, frame.shape[1], frame.shape[0]))
-            self.camera_plot.setRange(
-                QtCore.QRectF(0, 0, frame.shape[1], frame.shape[0]), padding=0.0
-            )
+            rect = QtCore.QRectF(0, 0, frame.shape[1], frame.shape[0])
+            self.camera_image.setRect(rect)
+            if rect != self._frame_rect:
+                self._set_range(rect)
         else:
             self.camera_image.setImage(frame, autoLevels=False, levels=self._cam_levels)
+
+    def _set_range(self, rect: QtCore.QRectF) -> None:
+        """Show the whole frame in the camera view and in every heatmap."""
+        self._frame_rect = rect
+        for plot in (self.camera_plot, self.focus_view.plot, self.astig_view.plot,
+                     self.depth_view.plot):
+            plot.setRange(rect=rect, padding=0.02)
 
     def auto_contrast(self) -> None:
         """Re-derive the camera display levels from the next frame."""
