@@ -35,6 +35,7 @@ import numpy as np
 from psf_live.depth import (
     FEATURE_SETS,
     DepthCalibration,
+    clean_depth,
     depth_full,
     depth_map,
     fit_calibration,
@@ -169,16 +170,22 @@ def make_images(tilts: list[float], seed: int, ground_truth: bool, args: Any) ->
     return out
 
 
-def evaluate(items: list[dict], cal: DepthCalibration) -> dict[float, dict[str, Any]]:
+def evaluate(
+    items: list[dict], cal: DepthCalibration, clean: bool = False
+) -> dict[float, dict[str, Any]]:
     """Per-tilt figures over the test items."""
     res: dict[float, dict[str, Any]] = {}
     for it in items:
         m = it["map"]
         est = depth_map(m, cal)
+        if clean:
+            est = clean_depth(est, m.centers_y, m.centers_x)
         truth = true_depth_grid(m.centers_y, m.centers_x, it["tilt"], "x", PX, SHAPE)
         ok = np.isfinite(est)
         plane = fit_depth_plane(est, m.centers_y, m.centers_x, PX, SHAPE)
-        r = res.setdefault(it["tilt"], {"t": [], "e": [], "tilt_est": [], "sign_ok": 0, "n": 0})
+        r = res.setdefault(it["tilt"], {"t": [], "e": [], "tilt_est": [], "sign_ok": 0, "n": 0,
+                                        "n_all": 0})
+        r["n_all"] += est.size
         r["t"].append(truth[ok])
         r["e"].append(est[ok])
         r["tilt_est"].append(plane.tilt_x_deg)
@@ -195,7 +202,7 @@ def evaluate(items: list[dict], cal: DepthCalibration) -> dict[float, dict[str, 
             r2=1 - float(np.sum((t - e) ** 2)) / float(np.sum((t - t.mean()) ** 2)),
             abs_mean=float(err.mean()), abs_sd=float(err.std()),
             rel_mean=100 * float(err.mean()) / rng_um, rel_sd=100 * float(err.std()) / rng_um,
-            range_um=rng_um, n_patches=int(t.size),
+            range_um=rng_um, n_patches=int(t.size), coverage=100 * t.size / r["n_all"],
         )
     return res
 
@@ -206,6 +213,8 @@ def main() -> int:
                     help="skip the network: ideal zernike3 maps + noise (pipeline check)")
     ap.add_argument("--model", default="zernike3")
     ap.add_argument("--features", default="signed", choices=list(FEATURE_SETS))
+    ap.add_argument("--clean", action="store_true",
+                    help="drop patches that disagree with their neighbours (clean_depth)")
     ap.add_argument("--per-tilt", type=int, default=10, help="images per calibration tilt")
     ap.add_argument("--n-cal", type=int, default=4, help="of which used for calibration")
     ap.add_argument("--per-extra", type=int, default=3, help="images per extra tilt")
@@ -250,14 +259,20 @@ def main() -> int:
         cals[f] = c
         ev = evaluate(test_items + extra_items, c)
         rel = np.mean([r["rel_mean"] for r in ev.values()])
-        print(f"  {f:<16}  {c.report['r2']:.4f}    {rel:.2f} %")
+        evc = evaluate(test_items + extra_items, c, clean=True)
+        relc = np.mean([r["rel_mean"] for r in evc.values()])
+        cov = np.mean([r["coverage"] for r in evc.values()])
+        print(f"  {f:<16}  {c.report['r2']:.4f}    {rel:.2f} %   (cleaned: {relc:.2f} %, "
+              f"{cov:.0f} % of patches kept)")
     cal = cals[args.features]
     print(f"\nusing {args.features}: {FEATURE_SETS[args.features]}")
     coefs = ", ".join(f"{c:.4g}" for c in cal.coef)
     print(f"coefficients [{coefs}], calibration R^2 "
           f"{cal.report['r2']:.4f}, residual {cal.report['rms_um']:.2f} um RMS")
 
-    res = evaluate(test_items + extra_items, cal)
+    res = evaluate(test_items + extra_items, cal, clean=args.clean)
+    print(f"\ndepth maps {'cleaned (clean_depth)' if args.clean else 'as mapped'}; "
+          f"patches used: {np.mean([r['coverage'] for r in res.values()]):.0f} %")
     print("\n| tilt | images | range (um) | R^2 | abs. error (um) | rel. error (%) "
           "| est. tilt (deg) | sign right |")
     print("|---|---|---|---|---|---|---|---|")

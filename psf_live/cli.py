@@ -267,6 +267,9 @@ def depth_cmd(
     calibration: str = typer.Option(..., "--calibration", "-c", help="calibrate-depth JSON."),
     output: str = typer.Option(..., "--output", "-o", help="Output float32 TIFF (um)."),
     grid: bool = typer.Option(False, "--grid", help="Write the patch grid, not full res."),
+    clean: bool = typer.Option(
+        True, "--clean/--no-clean", help="Drop patches that disagree with their neighbours."
+    ),
     model: str = typer.Option(
         None, "--model", "-m", help="Model name or path (default: the calibration's)."
     ),
@@ -298,7 +301,7 @@ def depth_cmd(
     out = []
     for t, f in enumerate(frames):
         try:
-            fd = frame_depth(est, f, cal, full=not grid)
+            fd = frame_depth(est, f, cal, full=not grid, clean=clean)
         except CalibrationError as exc:
             raise fail(str(exc)) from None
         out.append(fd.grid if grid or fd.full is None else fd.full)

@@ -233,3 +233,19 @@ def test_features_shape():
     assert depth_features(p, NAMES, "signed-cubic").shape == (4, 5, 3)
     with pytest.raises(ValueError, match="unknown depth features"):
         depth_features(p, NAMES, "quartic")
+
+
+def test_clean_depth_removes_isolated_errors_only():
+    from psf_live.depth import clean_depth
+
+    rng = np.random.default_rng(10)
+    d = true_depth_grid(CY, CX, 10.0, "x", PX, SHAPE) + 0.2 * rng.standard_normal((15, 15))
+    bad = d.copy()
+    bad[3, 4] += 25.0
+    bad[10, 12] -= 40.0
+    bad[7, 7] = np.nan
+    c = clean_depth(bad, CY, CX)
+    assert np.isnan(c[3, 4]) and np.isnan(c[10, 12]) and np.isnan(c[7, 7])
+    assert np.isfinite(c).sum() == d.size - 3
+    # a steep but smooth plane keeps every patch
+    assert np.isfinite(clean_depth(d, CY, CX)).all()

@@ -20,6 +20,7 @@ __all__ = [
     "FitReport",
     "ImageFit",
     "PlaneTilt",
+    "clean_depth",
     "depth_full",
     "depth_map",
     "fit_calibration",
@@ -358,6 +359,69 @@ def _fill_holes(d: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         fill = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
     return np.where(ok, d, fill)
+
+
+def clean_depth(
+    depth: npt.ArrayLike,
+    centers_y: npt.ArrayLike,
+    centers_x: npt.ArrayLike,
+    k: float = 4.0,
+    floor_um: float = 0.1,
+    radius: int = 2,
+) -> np.ndarray:
+    """Mark patches that disagree with their neighbourhood as invalid (NaN).
+
+    Each finite patch is compared with a Huber-robust plane (:func:`robust_lstsq`)
+    through its finite neighbours within ``radius`` patches (itself excluded, at least
+    four); patches whose deviation exceeds ``k`` robust scales (1.4826 x the median
+    absolute deviation over the map, at least ``floor_um``) become NaN. Any locally
+    planar surface, however steep, keeps all its patches (also at the border); isolated
+    wrong estimates (e.g. a textureless patch the network still called valid) go.
+
+    Parameters
+    ----------
+    depth : array_like
+        (rows, cols) depth per patch, NaN where invalid.
+    centers_y, centers_x : array_like
+        Patch centres (pixels).
+    k : float
+        Threshold in robust scales.
+    floor_um : float
+        Smallest scale (um), so that a perfectly smooth map does not reject noise.
+    radius : int
+        Neighbourhood half-width in patches.
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, cols) float32 copy with the outliers set to NaN.
+    """
+    d = np.asarray(depth, dtype=np.float64)
+    cy = np.asarray(centers_y, dtype=np.float64)
+    cx = np.asarray(centers_x, dtype=np.float64)
+    rows, cols = d.shape
+    dev = np.full_like(d, np.nan)
+    for i in range(rows):
+        for j in range(cols):
+            if not np.isfinite(d[i, j]):
+                continue
+            i0, i1 = max(0, i - radius), min(rows, i + radius + 1)
+            j0, j1 = max(0, j - radius), min(cols, j + radius + 1)
+            win = d[i0:i1, j0:j1]
+            yy, xx = np.meshgrid(cy[i0:i1] - cy[i], cx[j0:j1] - cx[j], indexing="ij")
+            ok = np.isfinite(win)
+            ok[i - i0, j - j0] = False
+            if ok.sum() < 4:
+                continue
+            A = np.stack([np.ones(int(ok.sum())), yy[ok], xx[ok]], axis=1)
+            coef, _ = robust_lstsq(A, win[ok], n_iter=10)
+            dev[i, j] = d[i, j] - coef[0]
+    fin = np.isfinite(dev)
+    out = d.copy()
+    if fin.any():
+        scale = max(1.4826 * float(np.median(np.abs(dev[fin]))), floor_um)
+        out[fin & (np.abs(dev) > k * scale)] = np.nan
+    return out.astype(np.float32)
 
 
 def depth_full(

@@ -17,6 +17,7 @@ from ._calib import (
     MIN_R2,
     DepthCalibration,
     PlaneTilt,
+    clean_depth,
     depth_full,
     depth_map,
     fit_calibration,
@@ -153,9 +154,16 @@ class FrameDepth:
 
 
 def frame_depth(
-    mapper: Mapper, frame: np.ndarray, calibration: DepthCalibration, full: bool = True
+    mapper: Mapper,
+    frame: np.ndarray,
+    calibration: DepthCalibration,
+    full: bool = True,
+    clean: bool = True,
 ) -> FrameDepth:
     """Depth map (um) of one frame with a calibration, and the tilt of the sample plane.
+
+    With ``clean`` patches that disagree with their neighbours are dropped first
+    (:func:`~psf_live.depth.clean_depth`).
 
     Raises
     ------
@@ -164,6 +172,8 @@ def frame_depth(
     """
     m = mapper.map(frame)
     grid = depth_map(m, calibration)
+    if clean:
+        grid = clean_depth(grid, m.centers_y, m.centers_x)
     plane = None
     if int(np.isfinite(grid).sum()) >= 3:
         plane = fit_depth_plane(
