@@ -1,0 +1,70 @@
+import math
+
+import pytest
+import torch
+
+from psf_live.psf import convolve, render_psf
+
+training_data = pytest.importorskip("training.data")
+from training.data import PatchStream, PSFBank, valid_blur, validity_rule  # noqa: E402
+from training.sources import SOURCE_TYPES, image_bank, make_sources  # noqa: E402
+
+
+def test_valid_blur_matches_linear_convolution() -> None:
+    g = torch.Generator().manual_seed(0)
+    src = torch.rand(2, 176, 176, generator=g)
+    k = render_psf("gaussian2", torch.tensor([[3.0, 1.0], [0.7, 6.0]]))
+    ref = convolve(src, k)[:, 24:152, 24:152]
+    out = valid_blur(src, k)
+    assert out.shape == (2, 128, 128)
+    assert torch.allclose(out, ref, atol=1e-4)
+
+
+def test_dihedral_bank_parameters_match_rendered_kernels() -> None:
+    bank = PSFBank("zernike3", size=8, seed=3)
+    k, p = bank.draw(16, torch.Generator().manual_seed(1))
+    assert float((render_psf("zernike3", p) - k).abs().max()) < 1e-6
+    assert bool(((p[:, 2] >= 0) & (p[:, 2] < math.pi)).all())
+
+
+def test_validity_rule() -> None:
+    g = torch.Generator().manual_seed(0)
+    sharp = torch.zeros(4, 128, 128)
+    sharp[1] = 0.6  # flat
+    sharp[2] = torch.rand(128, 128, generator=g)  # white noise texture
+    xx = torch.arange(128.0)[None, :].expand(128, 128)
+    sharp[3] = 0.5 + 0.3 * torch.sin(xx / 40)  # smooth gradient: textured but already smooth
+    invalid, smooth = validity_rule(sharp)
+    assert invalid.tolist() == [True, True, False, False]
+    assert smooth.tolist() == [False, False, False, True]
+
+
+def test_stream_deterministic_and_labelled() -> None:
+    kw = {"bank_size": 32, "pool": 32, "types": {"tex": 1.0, "poi": 1.0}}
+    a = PatchStream("zernike1", "train", seed=5, **kw).next(16)  # type: ignore[arg-type]
+    b = PatchStream("zernike1", "train", seed=5, **kw).next(16)  # type: ignore[arg-type]
+    c = PatchStream("zernike1", "val", seed=5, **kw).next(16)  # type: ignore[arg-type]
+    assert torch.equal(a.x, b.x) and torch.equal(a.params, b.params)
+    assert not torch.equal(a.x, c.x)
+    assert a.x.shape == (16, 1, 128, 128) and torch.isfinite(a.x).all()
+    assert float(a.params.min()) >= 0 and float(a.params.max()) <= 1
+    # synthetic black/flat patches are always invalid
+    assert bool((a.invalid[a.kind == -1] == 1).all())
+
+
+def test_image_splits_are_disjoint() -> None:
+    import skimage.data as skd
+
+    tr, va, te = (image_bank("micr", s) for s in ("train", "val", "test"))
+    h, w = skd.immunohistochemistry().shape[:2]
+    # first micr image is split spatially: training rows above the held-out band,
+    # validation and test the left and right halves of the band
+    assert tr[0].shape[0] + va[0].shape[0] == h and va[0].shape[0] == te[0].shape[0]
+    assert va[0].shape[1] + te[0].shape[1] == w
+    assert not any(torch.equal(a, b) for a in va for b in te)
+
+
+@pytest.mark.parametrize("kind", SOURCE_TYPES)
+def test_sources_in_range(kind: str) -> None:
+    x = make_sources(kind, 2, 140, torch.Generator().manual_seed(0))
+    assert x.shape == (2, 140, 140) and float(x.min()) >= 0 and float(x.max()) <= 1.6

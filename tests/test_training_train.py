@@ -1,0 +1,126 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from psf_live.models import load_model
+
+pytest.importorskip("training.train")
+from training.train import main
+
+FAST = [
+    "--arch",
+    "tiny",
+    "--batch-size",
+    "8",
+    "--val-batches",
+    "1",
+    "--test-batches",
+    "2",
+    "--pool",
+    "16",
+    "--bank-size",
+    "16",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--threads",
+    "1",
+]
+
+
+def test_train_smoke_and_resume(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    args = [
+        "--psf-model",
+        "gaussian1",
+        "--steps",
+        "4",
+        "--val-every",
+        "2",
+        "--lr-search-steps",
+        "1",
+        "--lr-candidates",
+        "1e-3,3e-3",
+        "--out",
+        str(out),
+        *FAST,
+    ]
+    assert main(args) == 0
+    net, card = load_model(out.with_suffix(".pt"))
+    assert card.arch == "tiny" and card.psf_model == "gaussian1"
+    assert card.training["steps"] == 4 and "training.train" in card.training["command"]
+    assert set(card.training["lr_trials"]) == {"0.001", "0.003"}
+    assert "width" in card.metrics["r2_per_param"] and 0 <= card.metrics["validity_acc"] <= 1
+    assert out.with_suffix(".ckpt").exists()
+    log = out.with_suffix(".log.csv").read_text().splitlines()
+    assert log[0].startswith("step") and len(log) == 3
+    # resume continues from the checkpoint to the new step budget
+    assert (
+        main(
+            [
+                "--psf-model",
+                "gaussian1",
+                "--steps",
+                "6",
+                "--val-every",
+                "2",
+                "--resume",
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    _, card2 = load_model(out.with_suffix(".pt"))
+    assert card2.training["steps"] == 6
+    assert len(out.with_suffix(".log.csv").read_text().splitlines()) == 4
+    with torch.no_grad():
+        assert net(torch.zeros(1, 1, 128, 128)).shape == (1, 2)
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not found",
+)
+def test_train_ddp_two_cpu_processes(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [
+        str(torchrun) if torchrun.exists() else "torchrun",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "training.train",
+        "--psf-model",
+        "gaussian1",
+        "--steps",
+        "3",
+        "--val-every",
+        "3",
+        "--lr",
+        "1e-3",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *FAST,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    _, card = load_model(out.with_suffix(".pt"))
+    assert card.training["world_size"] == 2 and card.training["steps"] == 3

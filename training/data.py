@@ -1,0 +1,390 @@
+"""On-the-fly training data: sharp sources -> PSF blur -> illumination -> Eq. 10 noise -> patches.
+
+Pipeline per patch (paper Section II-E1, Fig. 2):
+
+1. a sharp source region of side ``R = 128 + k - 1`` (k = kernel size) of a data type
+   (:mod:`training.sources`), randomly rotated by multiples of 90 degrees / flipped;
+2. non-uniform illumination: multiplied by a random linear ramp (strength up to 60 %);
+3. convolved with a PSF whose parameters are drawn uniformly from the model's ranges
+   (Zernike kernels come from a bank rendered once per seed and augmented by the
+   dihedral symmetries with the matching parameter transform), then the central
+   128 x 128 crop is taken, so the patch border is blurred correctly;
+4. scaled to a random photon level and corrupted by Poisson-Gaussian noise (Eq. 10)
+   with a random quantum efficiency, read noise and background;
+5. normalised with :func:`psf_live.nets.normalize_patches` (same as at inference).
+
+Labels: ``invalid`` (a0 = 1) when the sharp 128 x 128 content is black or flat by the
+variance / white-pixel rule (:func:`validity_rule`), when the blurred texture is lost
+in the noise (std of the noise-free blurred patch < ``SNR_MIN`` x noise std), and for
+the synthetic black and flat patches mixed in (``invalid_fraction``).
+Already-smooth content (little detail
+at the pixel scale even before blur, e.g. scikit-image's ``moon``/``cell``) cannot be
+told from blur; such patches get weight 0 (excluded from the loss and from the
+headline R^2) and are scored separately by ``training.evaluate`` (data type
+``smooth``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from psf_live.nets import normalize_patches
+from psf_live.psf import Optics, get_model, render_psf
+
+from .sources import SOURCE_TYPES, make_sources
+
+__all__ = [
+    "Batch",
+    "DegradeConfig",
+    "PSFBank",
+    "PatchStream",
+    "dihedral_batch",
+    "valid_blur",
+    "validity_rule",
+]
+
+PATCH = 128
+# validity rule thresholds, on the sharp content in [0, 1] source units
+FLAT_STD = 0.02  # below: flat / textureless
+WHITE_LEVEL, WHITE_MIN = 0.1, 4  # fewer than 4 pixels above 0.1: black
+SMOOTH_DETAIL = 0.04  # fine-detail ratio below: already-smooth content (weight 0)
+SNR_MIN = 0.05  # std of the blurred signal / noise std below: texture lost in noise (invalid)
+
+
+@dataclass
+class DegradeConfig:
+    """Random degradation ranges (uniform unless stated); fixed values for sweeps."""
+
+    peak_photons: tuple[float, float] = (20.0, 20000.0)  # log-uniform
+    beta: tuple[float, float] = (0.4, 1.0)  # quantum efficiency (Eq. 10)
+    read_rel: tuple[float, float] = (0.0, 0.05)  # read sigma / (beta * peak)
+    background_rel: tuple[float, float] = (0.0, 0.2)  # background / peak
+    illum_gradient: tuple[float, float] = (0.0, 0.6)  # ramp strength
+    invalid_fraction: float = 0.08  # synthetic black/flat patches
+    poisson: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict."""
+        return asdict(self)
+
+
+def validity_rule(sharp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paper's variance / white-pixel rule and the smooth-content detector.
+
+    Parameters
+    ----------
+    sharp : torch.Tensor
+        (B, 128, 128) sharp content in [0, 1] source units (after illumination).
+
+    Returns
+    -------
+    invalid : torch.Tensor
+        (B,) bool, black (fewer than 4 pixels above 0.1) or flat (std < 0.02).
+    smooth : torch.Tensor
+        (B,) bool, fine-detail ratio ``std(x - box3(x)) / std(x)`` below 0.04.
+    """
+    std = sharp.std(dim=(-2, -1))
+    white = (sharp > WHITE_LEVEL).sum(dim=(-2, -1))
+    invalid = (std < FLAT_STD) | (white < WHITE_MIN)
+    low = F.avg_pool2d(sharp[:, None], 3, stride=1, padding=1, count_include_pad=False)[:, 0]
+    detail = (sharp - low)[:, 2:-2, 2:-2].std(dim=(-2, -1)) / std.clamp_min(1e-6)
+    smooth = (detail < SMOOTH_DETAIL) & ~invalid
+    return invalid, smooth
+
+
+def _fast(n: int) -> int:
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def valid_blur(src: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Central ``R - k + 1`` pixels of the linear convolution of (B, R, R) with (B, k, k).
+
+    Only output pixels whose kernel support lies entirely inside the source region
+    are kept (the "valid" part), so there is no zero-padding artefact at the patch
+    border. Computed with circular FFTs of size >= R, which do not alias there.
+    """
+    r, k = src.shape[-1], kernels.shape[-1]
+    n = _fast(r)
+    spec = torch.fft.rfft2(src, s=(n, n)) * torch.fft.rfft2(kernels, s=(n, n))
+    full = torch.fft.irfft2(spec, s=(n, n))
+    return full[..., k - 1 : r, k - 1 : r]
+
+
+def _poisson(psi: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Poisson draws; Gaussian approximation above 50 expected counts (cheaper)."""
+    out = psi + psi.sqrt() * torch.randn(psi.shape, generator=g)
+    low = psi < 50
+    if low.any():
+        out[low] = torch.poisson(psi[low], generator=g)
+    return out
+
+
+def _sample_params(model_name: str, n: int, g: torch.Generator) -> torch.Tensor:
+    m = get_model(model_name)
+    lo = torch.tensor([r[0] for r in m.ranges])
+    hi = torch.tensor([r[1] for r in m.ranges])
+    return lo + torch.rand(n, m.n_params, generator=g) * (hi - lo)
+
+
+def _dihedral(
+    model_name: str,
+    kernels: torch.Tensor,
+    params: torch.Tensor,
+    flip: torch.Tensor,
+    transpose: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip rows / transpose kernels and transform their parameters accordingly.
+
+    Zernike astigmatism axis (from +x towards +y): row flip a -> -a, transpose
+    a -> pi/2 - a (mod pi). Gaussian-2: transpose swaps the widths.
+    """
+    k, p = kernels.clone(), params.clone()
+    k[flip] = k[flip].flip(-2)
+    k[transpose] = k[transpose].transpose(-2, -1)
+    if model_name in ("zernike2", "zernike3"):
+        a = p[:, -1]
+        a = torch.where(flip, -a, a)
+        a = torch.where(transpose, math.pi / 2 - a, a)
+        p[:, -1] = torch.remainder(a, math.pi)
+    elif model_name == "gaussian2":
+        p[transpose] = p[transpose].flip(-1)
+    return k, p
+
+
+def dihedral_batch(b: Batch, psf_model: str, g: torch.Generator) -> Batch:
+    """Randomly flip / transpose whole patches and transform their parameters.
+
+    Exact: a flipped or transposed blurred patch is the flipped source blurred by the
+    flipped kernel, so this re-uses a generated batch as a new one at no cost.
+    """
+    n = b.x.shape[0]
+    flip = torch.rand(n, generator=g) < 0.5
+    tr = torch.rand(n, generator=g) < 0.5
+    x, p = _dihedral(psf_model, b.x, b.params, flip, tr)
+    return Batch(x=x, params=p, invalid=b.invalid, weight=b.weight, kind=b.kind)
+
+
+class PSFBank:
+    """Kernels with their parameters, rendered once (Zernike) or on demand (Gaussian).
+
+    Parameters
+    ----------
+    psf_model : str
+        PSF model name.
+    size : int
+        Number of kernels in the bank (Zernike models); Gaussian kernels are cheap
+        and rendered fresh for every batch.
+    seed : int
+        Seed of the parameter draws.
+    optics : Optics, optional
+    """
+
+    def __init__(
+        self, psf_model: str, size: int = 2048, seed: int = 0, optics: Optics | None = None
+    ) -> None:
+        self.model = get_model(psf_model)
+        self.optics = optics or Optics()
+        self.k = self.model.kernel_size
+        self.fresh = self.model.kind == "gaussian"
+        g = torch.Generator().manual_seed(seed)
+        if not self.fresh:
+            params = _sample_params(self.model.name, size, g)
+            chunks = [
+                render_psf(self.model, params[i : i + 128], optics=self.optics)
+                for i in range(0, size, 128)
+            ]
+            self.params, self.kernels = params, torch.cat(chunks)
+
+    def draw(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``n`` (kernels (n, k, k), params (n, N)) drawn uniformly."""
+        if self.fresh:
+            p = _sample_params(self.model.name, n, g)
+            return render_psf(self.model, p), p
+        idx = torch.randint(0, len(self.params), (n,), generator=g)
+        flip = torch.rand(n, generator=g) < 0.5
+        tr = torch.rand(n, generator=g) < 0.5
+        return _dihedral(self.model.name, self.kernels[idx], self.params[idx], flip, tr)
+
+
+@dataclass
+class Batch:
+    """One batch: normalised patches, public params, labels and bookkeeping."""
+
+    x: torch.Tensor  # (B, 1, 128, 128) float32, normalised
+    params: torch.Tensor  # (B, N) public units
+    invalid: torch.Tensor  # (B,) float 0/1 (a0)
+    weight: torch.Tensor  # (B,) float, 0 for smooth content
+    kind: torch.Tensor  # (B,) int index into SOURCE_TYPES (-1: synthetic black/flat)
+    raw: torch.Tensor | None = None  # (B, 128, 128) un-normalised noisy patches
+
+
+@dataclass
+class PatchStream:
+    """Deterministic stream of degraded patches for one PSF model and split.
+
+    A pool of sharp source regions is kept and slowly refreshed (source generation is
+    the expensive part); each draw re-rotates, re-illuminates, re-blurs and re-noises
+    them, so no two patches are the same.
+
+    Parameters
+    ----------
+    psf_model : str
+    split : {"train", "val", "test"}
+        Selects the image-source split; procedural sources use disjoint seeds.
+    seed : int
+    types : dict of str -> float
+        Source data types and their mixing weights.
+    degrade : DegradeConfig
+    pool : int
+        Source regions kept in memory.
+    refresh : float
+        Fraction of the pool replaced by new sources per batch.
+    bank : PSFBank, optional
+        Shared kernel bank (built from ``seed`` if omitted).
+    """
+
+    psf_model: str
+    split: str = "train"
+    seed: int = 0
+    types: dict[str, float] = field(
+        default_factory=lambda: {"syn": 1.0, "poi": 0.7, "tex": 1.5, "nat": 1.5, "micr": 1.0}
+    )
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    pool: int = 512
+    refresh: float = 0.1
+    bank: PSFBank | None = None
+    bank_size: int = 2048
+
+    def __post_init__(self) -> None:
+        off = {"train": 0, "val": 1_000_003, "test": 2_000_003}[self.split]
+        self.g = torch.Generator().manual_seed(self.seed + off)
+        if self.bank is None:
+            self.bank = PSFBank(self.psf_model, self.bank_size, self.seed + off)
+        self.k = self.bank.k
+        self.r = PATCH + self.k - 1
+        names = [t for t in self.types if self.types[t] > 0]
+        for t in names:
+            if t not in SOURCE_TYPES:
+                raise ValueError(f"unknown source type {t!r}")
+        self._names = names
+        w = torch.tensor([self.types[t] for t in names], dtype=torch.float64)
+        self._w = w / w.sum()
+        self._pool_x = torch.empty(0, self.r, self.r)
+        self._pool_kind = torch.empty(0, dtype=torch.long)
+        self._fill(self.pool)
+
+    def _new_sources(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = torch.multinomial(self._w, n, replacement=True, generator=self.g)
+        xs = torch.empty(n, self.r, self.r)
+        kinds = torch.empty(n, dtype=torch.long)
+        for j, name in enumerate(self._names):
+            idx = (pick == j).nonzero().flatten()
+            if len(idx):
+                xs[idx] = make_sources(name, len(idx), self.r, self.g, self.split)
+                kinds[idx] = SOURCE_TYPES.index(name)
+        return xs, kinds
+
+    def _fill(self, n: int) -> None:
+        xs, ks = self._new_sources(n)
+        self._pool_x = torch.cat([self._pool_x, xs])[-self.pool :]
+        self._pool_kind = torch.cat([self._pool_kind, ks])[-self.pool :]
+
+    def next(self, batch_size: int, keep_raw: bool = False) -> Batch:
+        """Draw one batch of ``batch_size`` degraded, normalised patches."""
+        g = self.g
+        if self.refresh > 0:
+            self._fill(max(1, round(self.refresh * batch_size)))
+        idx = torch.randint(0, len(self._pool_x), (batch_size,), generator=g)
+        src = self._pool_x[idx].clone()
+        kind = self._pool_kind[idx].clone()
+        # rotations by multiples of 90 degrees and flips
+        rot = torch.randint(0, 4, (batch_size,), generator=g)
+        for q in range(1, 4):
+            m = rot == q
+            if m.any():
+                src[m] = torch.rot90(src[m], q, dims=(-2, -1))
+        fl = torch.rand(batch_size, generator=g) < 0.5
+        src[fl] = src[fl].flip(-1)
+        return self.degrade_sources(src, kind, keep_raw=keep_raw)
+
+    def degrade_sources(
+        self,
+        src: torch.Tensor,
+        kind: torch.Tensor,
+        keep_raw: bool = False,
+        cfg: DegradeConfig | None = None,
+    ) -> Batch:
+        """Degrade sharp source regions (B, R, R) into a :class:`Batch`."""
+        g, cfg = self.g, cfg or self.degrade
+        b, r = src.shape[0], self.r
+        src = src.clone()
+        # synthetic black / flat patches
+        syn_inv = torch.rand(b, generator=g) < cfg.invalid_fraction
+        if syn_inv.any():
+            level = torch.rand(b, generator=g)[:, None, None]
+            level = torch.where(torch.rand(b, generator=g)[:, None, None] < 0.5, 0.0, level)
+            src[syn_inv] = level[syn_inv].expand(-1, r, r)
+            kind = torch.where(syn_inv, torch.full_like(kind, -1), kind)
+        # non-uniform illumination: random linear ramp
+        c = torch.linspace(-1, 1, r)
+        th = torch.rand(b, generator=g) * 2 * math.pi
+        s = cfg.illum_gradient[0] + torch.rand(b, generator=g) * (
+            cfg.illum_gradient[1] - cfg.illum_gradient[0]
+        )
+        ramp = 1 + s[:, None, None] * 0.5 * (
+            torch.cos(th)[:, None, None] * c[None, None, :]
+            + torch.sin(th)[:, None, None] * c[None, :, None]
+        )
+        src = src * ramp
+        h = (r - PATCH) // 2
+        sharp = src[:, h : h + PATCH, h : h + PATCH]
+        invalid, smooth = validity_rule(sharp)
+        invalid |= syn_inv
+        assert self.bank is not None
+        kernels, params = self.bank.draw(b, g)
+        blurred = valid_blur(src, kernels).clamp_min(0)
+        # photons and Eq. 10 noise
+        lp = torch.log(torch.tensor(cfg.peak_photons, dtype=torch.float32))
+        peak = torch.exp(lp[0] + torch.rand(b, generator=g) * (lp[1] - lp[0]))[:, None, None]
+        beta = (cfg.beta[0] + torch.rand(b, generator=g) * (cfg.beta[1] - cfg.beta[0]))[
+            :, None, None
+        ]
+        rr = cfg.read_rel[0] + torch.rand(b, generator=g) * (cfg.read_rel[1] - cfg.read_rel[0])
+        bg = cfg.background_rel[0] + torch.rand(b, generator=g) * (
+            cfg.background_rel[1] - cfg.background_rel[0]
+        )
+        psi = (blurred + bg[:, None, None]) * peak
+        # observed-texture rule: blurred signal buried in the noise -> invalid
+        sig = beta[:, 0, 0] * peak[:, 0, 0] * blurred.std(dim=(-2, -1))
+        noise = torch.sqrt(
+            (beta[:, 0, 0] ** 2 * psi.mean(dim=(-2, -1)) if cfg.poisson else 0.0)
+            + (rr * beta[:, 0, 0] * peak[:, 0, 0]) ** 2
+        )
+        invalid |= sig < SNR_MIN * noise
+        counts = _poisson(psi, g) if cfg.poisson else psi
+        noisy = beta * counts + (rr[:, None, None] * beta * peak) * torch.randn(
+            psi.shape, generator=g
+        )
+        x = normalize_patches(noisy[:, None])
+        weight = (~smooth | invalid).float()
+        return Batch(
+            x=x,
+            params=params,
+            invalid=invalid.float(),
+            weight=weight,
+            kind=kind,
+            raw=noisy if keep_raw else None,
+        )

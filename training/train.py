@@ -1,0 +1,464 @@
+"""Train a patch-regression network for one PSF model.
+
+Usage::
+
+    python -m training.train --psf-model zernike3 --arch compact --minutes 45 \
+        --out psf_live/models/zernike3
+
+    torchrun --nproc-per-node 2 -m training.train --psf-model zernike1 --arch tiny \
+        --steps 4 --out /tmp/t
+
+Loss (Eq. 11, gamma = 1): binary cross-entropy of the validity logit a0 plus the mean
+squared error of the internal regression targets (see :class:`psf_live.nets.OutputCodec`),
+the parameter term masked on invalid patches (a0 = 1) and on already-smooth content.
+Adam; the learning rate is chosen on the validation stream by short trial runs
+(``--lr-candidates``), then decays with a cosine schedule over the time/step budget;
+early stopping on the validation loss keeps the best weights; checkpoints
+(``<out>.ckpt``) resume with ``--resume``. Under ``torchrun`` the script uses
+DistributedDataParallel (NCCL on CUDA, gloo on CPU); each rank draws its own stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from psf_live.models import ModelCard, save_model
+from psf_live.nets import build_net, get_codec
+from psf_live.psf import Optics, get_model
+
+from .data import Batch, DegradeConfig, PatchStream, dihedral_batch
+from .metrics import r2_report
+
+
+def loss_fn(
+    raw: torch.Tensor, targets: torch.Tensor, b: Batch
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 11 (gamma = 1): BCE(a0) + masked MSE of the regression targets."""
+    inv = b.invalid.to(raw.device)
+    w = b.weight.to(raw.device)
+    l_valid = F.binary_cross_entropy_with_logits(raw[:, 0], inv)
+    m = (1 - inv) * w
+    se = ((raw[:, 1:] - targets) ** 2).mean(dim=1)
+    l_par = (se * m).sum() / m.sum().clamp_min(1.0)
+    loss = l_valid + l_par
+    return loss, {
+        "loss": float(loss.detach()),
+        "valid": float(l_valid.detach()),
+        "param": float(l_par.detach()),
+    }
+
+
+class _Stream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    def __init__(self, kw: dict[str, Any], batch_size: int) -> None:
+        self.kw, self.bs = kw, batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        torch.set_num_threads(1)
+        s = PatchStream(**self.kw)
+        while True:
+            yield s.next(self.bs)
+
+
+def _collate(b: Batch) -> Batch:
+    return b
+
+
+@torch.no_grad()
+def evaluate_batches(
+    net: torch.nn.Module, psf_model: str, batches: list[Batch], device: torch.device
+) -> dict[str, Any]:
+    """Loss, R^2 report (valid, weighted patches) and validity accuracy over batches."""
+    codec = get_codec(psf_model)
+    net.eval()
+    preds, trues, probs, invs, ws, losses = [], [], [], [], [], []
+    for b in batches:
+        raw = net(b.x.to(device)).float()
+        loss, _ = loss_fn(raw, codec.encode(b.params).to(device), b)
+        losses.append(float(loss))
+        prob, p = codec.decode(raw.cpu())
+        preds.append(p)
+        trues.append(b.params)
+        probs.append(prob)
+        invs.append(b.invalid)
+        ws.append(b.weight)
+    pred, true = torch.cat(preds), torch.cat(trues)
+    prob, inv, w = torch.cat(probs), torch.cat(invs), torch.cat(ws)
+    keep = (inv == 0) & (w > 0)
+    rep = r2_report(psf_model, pred[keep], true[keep])
+    acc = float(((prob >= 0.5) == (inv == 0)).float().mean())
+    net.train()
+    return {"loss": sum(losses) / len(losses), "r2": rep, "validity_acc": acc}
+
+
+def _lr_at(lr0: float, frac: float, warm: float = 0.03) -> float:
+    if frac < warm:
+        return lr0 * max(frac / warm, 0.05)
+    f = min(1.0, (frac - warm) / (1 - warm))
+    return lr0 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * f)))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m training.train", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--psf-model", default="zernike3")
+    p.add_argument(
+        "--arch", default="compact", choices=["compact", "resnet34", "resnext50", "tiny"]
+    )
+    p.add_argument(
+        "--out", required=True, help="output path stem (writes .pt, .json, .ckpt, .log.csv)"
+    )
+    p.add_argument("--name", default=None, help="model name in the card (default: out file stem)")
+    p.add_argument("--minutes", type=float, default=None, help="training time budget")
+    p.add_argument("--steps", type=int, default=None, help="maximum number of steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=None, help="fixed learning rate (skips the search)")
+    p.add_argument("--lr-candidates", default="3e-3,1e-3,3e-4")
+    p.add_argument("--lr-search-steps", type=int, default=40)
+    p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--val-batches", type=int, default=8)
+    p.add_argument("--test-batches", type=int, default=32)
+    p.add_argument("--patience", type=int, default=8, help="validations without improvement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="data-generation processes per rank")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the training step")
+    p.add_argument("--bank-size", type=int, default=2048)
+    p.add_argument("--pool", type=int, default=512)
+    p.add_argument(
+        "--noise",
+        default="standard",
+        choices=["standard", "strong"],
+        help="strong: down to 4 photons and read noise up to 0.35 of the peak",
+    )
+    p.add_argument(
+        "--types", default=None, help="source types, e.g. 'nat' or 'syn,poi' (default: all)"
+    )
+    p.add_argument(
+        "--reuse", type=int, default=2, help="steps per generated batch (dihedral re-use)"
+    )
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    if a.minutes is None and a.steps is None:
+        p.error("give --minutes and/or --steps")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch.distributed as dist
+
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank, world = 0, 1
+    if args.device:
+        device = torch.device(args.device)
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if ddp:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    main_rank = rank == 0
+    out = Path(args.out)
+    out = out.with_suffix("") if out.suffix in (".pt", ".json") else out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pm = get_model(args.psf_model)
+    codec = get_codec(pm.name)
+    degrade = DegradeConfig()
+    if args.noise == "strong":
+        degrade = DegradeConfig(peak_photons=(4.0, 20000.0), read_rel=(0.0, 0.35))
+    types = None
+    if args.types:
+        types = {t.strip(): 1.0 for t in args.types.split(",") if t.strip()}
+    stream_kw: dict[str, Any] = {
+        "psf_model": pm.name,
+        "split": "train",
+        "seed": args.seed + 7919 * rank,
+        "degrade": degrade,
+        "bank_size": args.bank_size,
+        "pool": args.pool,
+    }
+    extra: dict[str, Any] = {"types": types} if types else {}
+    stream_kw.update(extra)
+    torch.manual_seed(args.seed)
+    net = build_net(args.arch, codec.n_outputs).to(device)
+
+    val: list[Batch] = []
+    if main_rank:
+        vs = PatchStream(
+            pm.name,
+            "val",
+            args.seed,
+            degrade=degrade,
+            **extra,
+            bank_size=min(args.bank_size, 512),
+            pool=256,
+            refresh=0.25,
+        )
+        val = [vs.next(args.batch_size) for _ in range(args.val_batches)]
+
+    def loader(seed_shift: int) -> Iterator[Batch]:
+        kw = dict(stream_kw, seed=stream_kw["seed"] + seed_shift)
+        if args.workers > 0:
+            dl = torch.utils.data.DataLoader(
+                _Stream(kw, args.batch_size),
+                batch_size=None,
+                num_workers=args.workers,
+                collate_fn=_collate,
+                prefetch_factor=4,
+                persistent_workers=False,
+            )
+            return iter(dl)
+        return iter(_Stream(kw, args.batch_size))
+
+    # learning-rate choice on the validation stream (short trials from the same init)
+    lr = args.lr
+    ckpt_path = out.with_suffix(".ckpt")
+    resume = args.resume and ckpt_path.exists()
+    lr_trials: dict[str, float] = {}
+    if lr is None and not resume:
+        cands = [float(c) for c in args.lr_candidates.split(",") if c.strip()]
+        init = copy.deepcopy(net.state_dict())
+        best = (math.inf, cands[0])
+        data = loader(10_000_019)
+        trial_batches = [next(data) for _ in range(args.lr_search_steps)]
+        del data
+        for c in cands:
+            net.load_state_dict(init)
+            opt = torch.optim.Adam(net.parameters(), lr=c)
+            for b in trial_batches:
+                raw = net(b.x.to(device))
+                loss, _ = loss_fn(raw, codec.encode(b.params).to(device), b)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            v = evaluate_batches(net, pm.name, val, device)["loss"] if main_rank else 0.0
+            lr_trials[f"{c:g}"] = v
+            if v < best[0]:
+                best = (v, c)
+        lr = best[1]
+        if ddp:
+            t = torch.tensor([lr], dtype=torch.float64)
+            dist.broadcast(t, 0)
+            lr = float(t)
+        net.load_state_dict(init)
+    model: torch.nn.Module = net
+    if ddp:
+        model = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.Adam(model.parameters(), lr=lr or 1e-3)
+    step, elapsed0, best_val, best_state, bad = 0, 0.0, math.inf, None, 0
+    history: list[dict[str, float]] = []
+    if resume:
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        step, elapsed0, best_val = ck["step"], ck["elapsed"], ck["best_val"]
+        best_state, lr, lr_trials = ck["best_state"], ck["lr"], ck.get("lr_trials", {})
+        history = ck.get("history", [])
+    assert lr is not None
+    budget_s = args.minutes * 60 if args.minutes else math.inf
+    max_steps = args.steps or 10**12
+    data = loader(step)
+    t0 = time.time()
+    log_f = None
+    writer = None
+    if main_rank:
+        new = not (resume and out.with_suffix(".log.csv").exists())
+        log_f = open(out.with_suffix(".log.csv"), "w" if new else "a", newline="")
+        writer = csv.writer(log_f)
+        if new:
+            writer.writerow(
+                ["step", "elapsed_s", "lr", "train_loss", "val_loss", "val_r2", "val_acc"]
+            )
+    bar = None
+    if main_rank and not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=None if args.steps is None else max_steps,
+            initial=step,
+            desc=f"{pm.name}/{args.arch}",
+            unit="step",
+            dynamic_ncols=True,
+        )
+    run_loss = 0.0
+    stop = False
+    last: Batch | None = None
+    aug_g = torch.Generator().manual_seed(args.seed + 31 * rank + step)
+    model.train()
+    while not stop:
+        elapsed = elapsed0 + time.time() - t0
+        frac = max(
+            elapsed / budget_s if budget_s < math.inf else 0.0,
+            step / max_steps if args.steps else 0.0,
+        )
+        cur_lr = _lr_at(lr, frac)
+        for gp in opt.param_groups:
+            gp["lr"] = cur_lr
+        if step % args.reuse == 0 or last is None:
+            b = last = next(data)
+        else:  # re-use the last generated batch under a random flip/transpose (exact)
+            b = dihedral_batch(last, pm.name, aug_g)
+        raw = model(b.x.to(device, non_blocking=True))
+        loss, parts = loss_fn(raw, codec.encode(b.params).to(device), b)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        run_loss = parts["loss"] if step == 1 else 0.98 * run_loss + 0.02 * parts["loss"]
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{run_loss:.4f}", lr=f"{cur_lr:.1e}")
+        done = step >= max_steps or frac >= 1.0
+        if step % args.val_every == 0 or done:
+            flag = torch.zeros(1)
+            if main_rank:
+                ev = evaluate_batches(net, pm.name, val, device)
+                history.append({"step": step, "val_loss": ev["loss"], "val_r2": ev["r2"]["r2"]})
+                assert writer is not None and log_f is not None
+                writer.writerow(
+                    [
+                        step,
+                        f"{elapsed:.1f}",
+                        f"{cur_lr:.3g}",
+                        f"{run_loss:.5f}",
+                        f"{ev['loss']:.5f}",
+                        f"{ev['r2']['r2']:.4f}",
+                        f"{ev['validity_acc']:.4f}",
+                    ]
+                )
+                log_f.flush()
+                if bar is not None:
+                    bar.write(
+                        f"step {step}: train {run_loss:.4f} val {ev['loss']:.4f} "
+                        f"R2 {ev['r2']['r2']:.4f} acc {ev['validity_acc']:.4f}"
+                    )
+                if ev["loss"] < best_val:
+                    best_val, bad = ev["loss"], 0
+                    best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                else:
+                    bad += 1
+                torch.save(
+                    {
+                        "net": net.state_dict(),
+                        "opt": opt.state_dict(),
+                        "step": step,
+                        "elapsed": elapsed,
+                        "best_val": best_val,
+                        "best_state": best_state,
+                        "lr": lr,
+                        "lr_trials": lr_trials,
+                        "history": history,
+                        "arch": args.arch,
+                        "psf_model": pm.name,
+                    },
+                    ckpt_path,
+                )
+                if bad >= args.patience:
+                    flag[0] = 1
+                    bar.write("early stopping") if bar is not None else None
+            if done:
+                flag[0] = 1
+            if ddp:
+                dist.broadcast(flag, 0)
+            stop = bool(flag[0])
+    if bar is not None:
+        bar.close()
+    duration = elapsed0 + time.time() - t0
+    if main_rank:
+        assert log_f is not None
+        log_f.close()
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        ts = PatchStream(
+            pm.name,
+            "test",
+            args.seed,
+            degrade=degrade,
+            **extra,
+            bank_size=min(args.bank_size, 1024),
+            pool=512,
+            refresh=0.25,
+        )
+        test = [ts.next(args.batch_size) for _ in range(args.test_batches)]
+        ev = evaluate_batches(net, pm.name, test, device)
+        card = ModelCard(
+            name=args.name or out.name,
+            psf_model=pm.name,
+            param_names=list(pm.param_names),
+            units=list(pm.units),
+            ranges=[list(r) for r in pm.ranges],
+            arch=args.arch,
+            n_outputs=codec.n_outputs,
+            patch_size=128,
+            optics=Optics().to_dict(),
+            data_recipe={
+                "sources": stream_kw.get("types")
+                or PatchStream.__dataclass_fields__["types"].default_factory(),  # type: ignore[misc]
+                "degrade": degrade.to_dict(),
+                "psf_bank_size": args.bank_size,
+                "pool": args.pool,
+                "invalid_rule": "black: <4 px above 0.1; flat: std<0.02 (sharp content, [0,1]); "
+                "blurred signal std < 0.05 x noise std; synthetic black/flat patches; "
+                "smooth content (detail ratio<0.04) excluded from the parameter loss",
+                "noise": args.noise,
+                "reuse": args.reuse,
+                "seed": args.seed,
+            },
+            metrics={
+                "r2": ev["r2"]["r2"],
+                "r2_per_param": {k: v for k, v in ev["r2"].items() if k != "r2"},
+                "validity_acc": ev["validity_acc"],
+                "test_patches": args.test_batches * args.batch_size,
+                "test_stream": f"split=test seed={args.seed}",
+            },
+            training={
+                "command": "python -m training.train "
+                + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+                "duration_s": round(duration, 1),
+                "steps": step,
+                "batch_size": args.batch_size,
+                "world_size": world,
+                "lr": lr,
+                "lr_trials": lr_trials,
+                "best_val_loss": best_val,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            },
+        )
+        pt = save_model(net, card, out)
+        print(
+            f"wrote {pt} ({duration / 60:.1f} min, {step} steps): test R2 {ev['r2']['r2']:.4f} "
+            + " ".join(f"{k}={v:.4f}" for k, v in ev["r2"].items() if k != "r2")
+            + f" validity acc {ev['validity_acc']:.4f}"
+        )
+    if ddp:
+        with contextlib.suppress(Exception):
+            dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
