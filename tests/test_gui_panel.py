@@ -289,3 +289,55 @@ def test_gui_command_opens_panel_and_exits_cleanly(qapp: Any, tiny_path: Path) -
     assert seen.get("live") is True  # the command starts live mapping
     assert seen["threads"]
     assert _psf_threads() == []
+
+
+def _ramp_map(rows: int = 4, cols: int = 5, step: float = 0.1) -> PSFMap:
+    """zernike3 map whose signed defocus grows by ``step`` waves per patch along x."""
+    valid = np.ones((rows, cols), bool)
+    valid[1, 2] = False
+    params = np.zeros((rows, cols, 3), np.float32)
+    params[..., 0] = 0.05 + step * np.arange(cols)[None, :]
+    params[..., 1] = 0.2
+    params[..., 2] = np.pi / 4  # at the lens axis: signed defocus = +focus
+    return PSFMap(
+        params=params, valid=valid, valid_prob=valid.astype(np.float32),
+        centers_y=64.0 + 128 * np.arange(rows), centers_x=64.0 + 128 * np.arange(cols),
+        param_names=("focus", "cylinder", "axis"), units=("waves", "waves", "rad"),
+        psf_model="zernike3", frame_shape=(512, 640), patch_size=128, stride=128,
+        meta={"name": "fake-net"},
+    )
+
+
+def test_depth_map_and_tilt_with_calibration(qtbot: Any, core: Any, tmp_path: Path) -> None:
+    import math
+
+    from psf_live.depth import DepthCalibration
+
+    good = DepthCalibration(features="signed", coef=[0.0, 50.0], network={"name": "fake-net"})
+    other = DepthCalibration(features="signed", coef=[0.0, 50.0], network={"name": "other"})
+    panel = PSFLivePanel(core, model="/nonexistent/model.pt")
+    qtbot.addWidget(panel)
+    panel.load_calibration(good.save(tmp_path / "good.json"))
+    assert panel.calib_label.text() == "good.json"
+    m = _ramp_map()
+    panel._latest.put(0, np.zeros((512, 640), np.uint16), m, None)
+    qtbot.waitUntil(lambda: panel.maps_shown == 1, timeout=5000)
+    depth = panel.depth_view.image.image
+    expected = 50.0 * m.params[..., 0]
+    assert np.isnan(depth[1, 2])
+    assert depth[m.valid] == pytest.approx(expected[m.valid], rel=1e-4)
+    # 5 um more depth per 128 px (81.92 um) along x: atan(5 / 81.92)
+    truth = math.degrees(math.atan(5.0 / (128 * 0.64)))
+    tx, ty = panel.last_tilt
+    assert tx == pytest.approx(truth, abs=0.01) and ty == pytest.approx(0.0, abs=0.01)
+    assert panel.readouts["tilt_x"].text() == f"+{truth:.2f} deg"
+    assert "calibrated" in panel.readouts["tilt_x"].toolTip()
+    # a map from another network than the calibration's is refused, not mis-coloured
+    panel.load_calibration(other.save(tmp_path / "other.json"))
+    panel._latest.put(1, np.zeros((512, 640), np.uint16), _ramp_map(), None)
+    qtbot.waitUntil(lambda: panel.maps_shown == 2, timeout=5000)
+    assert panel.depth_view.image.image is None
+    assert "other" in panel.depth_view.message.toPlainText()
+    panel.load_calibration(None)
+    assert panel.depth_view.message.toPlainText() == "not calibrated"
+    panel.close()
