@@ -341,3 +341,33 @@ def test_depth_map_and_tilt_with_calibration(qtbot: Any, core: Any, tmp_path: Pa
     panel.load_calibration(None)
     assert panel.depth_view.message.toPlainText() == "not calibrated"
     panel.close()
+
+
+def test_record_writes_a_readable_store(qtbot: Any, core: Any, tmp_path: Path) -> None:
+    store = pytest.importorskip("psf_live.store")
+    panel = PSFLivePanel(core, model=SharpnessMapper(), stride=128)
+    qtbot.addWidget(panel)
+    assert panel.record_button.isEnabled()
+    panel.start_live()
+    _wait_maps(qtbot, panel, 1)
+    path = tmp_path / "session.zarr"
+    panel.record_path.setText(str(path))
+    panel.record_button.click()  # the user's way in
+    assert panel.recorder is not None and panel.record_button.text() == "Stop recording"
+    qtbot.waitUntil(lambda: panel.recorder.written >= 3, timeout=MAP_TIMEOUT_MS)
+    panel.record_button.click()
+    assert panel.recorder is None and "recorded" in panel.status.text()
+    report = store.verify_store(path)
+    assert report["ok"], report
+    data = store.load_store(path)
+    n = data["raw"].shape[0]
+    assert n >= 3 and data["raw"].shape[1:] == (1024, 1024)
+    assert data["raw"].dtype == np.uint16 and data["raw"][-1].std() > 0
+    assert data["params"].shape == (n, 8, 8, 3) and data["valid"].shape == (n, 8, 8)
+    assert data["metadata"]["model"]["name"] == "sharpness"
+    # recording into an existing path is refused with a message, not a crash
+    panel.record_button.click()
+    assert panel.recorder is None and "exists" in panel.status.text()
+    assert not panel.record_button.isChecked()
+    panel.close()
+    assert [t for t in threading.enumerate() if t.name == "psf-live-recorder"] == []

@@ -478,8 +478,7 @@ class PSFLivePanel(QtWidgets.QWidget):
             self.core.startContinuousSequenceAcquisition(0)
 
     def _stop(self) -> None:
-        if self.recorder is not None:
-            self.record_button.setChecked(False)
+        self.stop_recording()
         if self.mapper is not None:
             mapper, self.mapper = self.mapper, None
             try:
@@ -498,9 +497,7 @@ class PSFLivePanel(QtWidgets.QWidget):
                 self.start_recording(self.record_path.text())
             except Exception as exc:
                 self.status.setText(f"recording: {exc}")
-                self.record_button.blockSignals(True)
-                self.record_button.setChecked(False)
-                self.record_button.blockSignals(False)
+                self._set_record_checked(False)
         else:
             self.stop_recording()
 
@@ -510,18 +507,33 @@ class PSFLivePanel(QtWidgets.QWidget):
 
         if self.mapper is None:
             raise RuntimeError("start live mapping (with a model) before recording")
-        self.recorder = Recorder(path, self.mapper, self.estimator)
-        self.recorder.start()
-        self.record_button.setText("Stop recording")
+        px = None
+        with contextlib.suppress(Exception):
+            px = float(self.core.getPixelSizeUm()) or None
+        rec = Recorder(path, self.mapper, self.estimator, self.calibration, px)
+        rec.start()
+        self.recorder = rec
+        self._set_record_checked(True)
         self.status.setText(f"recording to {path}")
+
+    def _set_record_checked(self, on: bool) -> None:
+        self.record_button.blockSignals(True)
+        self.record_button.setChecked(on)
+        self.record_button.blockSignals(False)
+        self.record_button.setText("Stop recording" if on else "Record")
 
     def stop_recording(self) -> None:
         """Stop and close the recording, if any."""
         rec, self.recorder = self.recorder, None
-        self.record_button.setText("Record")
+        self._set_record_checked(False)
         if rec is not None:
             n = rec.stop()
-            self.status.setText(f"recorded {n} frames to {rec.path}")
+            msg = f"recorded {n} frames to {rec.path}"
+            if rec.dropped:
+                msg += f" ({rec.dropped} dropped: disk too slow)"
+            if rec.error:
+                msg += f"; error: {rec.error}"
+            self.status.setText(msg)
 
     # ------------------------------------------------------------- display
     def _refresh(self) -> None:
