@@ -71,12 +71,23 @@ def monitor(
     frames: int = typer.Option(20, "--frames", "-n", min=1, help="Frames to map."),
     model: str = typer.Option(None, "--model", "-m", help="Shipped model name or weights path."),
     stride: int = typer.Option(64, "--stride", "-s", min=1, help="Patch stride in pixels."),
+    calibration: str = typer.Option(
+        None, "--calibration", help="Depth calibration JSON: tilt in degrees."
+    ),
 ) -> None:
     """Headless live monitoring: one line per mapped frame (focus, tilt, fps, latency)."""
     from psf_live.acquire import open_core
     from psf_live.acquire._monitor import monitor as run_monitor
     from psf_live.estimate import Estimator
 
+    cal = None
+    if calibration is not None:
+        from psf_live.depth import DepthCalibration
+
+        try:
+            cal = DepthCalibration.load(calibration)
+        except Exception as exc:
+            raise fail(str(exc)) from None
     try:
         core = open_core(config)
     except Exception as exc:
@@ -87,7 +98,7 @@ def monitor(
         core.unloadAllDevices()
         raise fail(f"cannot load model {model or 'default'!r}: {exc}") from None
     try:
-        result = run_monitor(core, est, frames=frames, echo=typer.echo)
+        result = run_monitor(core, est, frames=frames, echo=typer.echo, calibration=cal)
     except TimeoutError as exc:
         raise fail(str(exc)) from None
     finally:

@@ -85,7 +85,9 @@ def test_sim_slow_estimator_does_not_stall_camera(core: Any, tiny_path: Path) ->
     mapper = LiveMapper(core, est, mode="latest")
     with mapper:
         core.startContinuousSequenceAcquisition(0)
-        time.sleep(0.3)  # first frame renders the scene (cached afterwards)
+        t0 = time.perf_counter()  # the first frame renders the scene (cached afterwards)
+        while mapper.stats().frames_mapped < 1 and time.perf_counter() - t0 < 30:
+            time.sleep(0.01)
         s0 = mapper.stats()
         time.sleep(1.0)
         s1 = mapper.stats()
@@ -121,6 +123,9 @@ def test_monitor_cli_bad_config(tmp_path: Path) -> None:
     r = runner.invoke(app, ["monitor", "--config", str(tmp_path / "nope.cfg")])
     assert r.exit_code != 0
     assert r.stderr.startswith("error:") and "nope.cfg" in r.stderr
+    r = runner.invoke(app, ["monitor", "--calibration", str(tmp_path / "nope.json")])
+    assert r.exit_code != 0
+    assert r.stderr.startswith("error:") and "nope.json" in r.stderr
 
 
 def test_demo_cli_runs_and_says_what_is_missing() -> None:
