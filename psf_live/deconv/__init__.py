@@ -7,6 +7,6 @@ __all__ = [
     "kernels_from_map",
     "poisson_nll",
     "richardson_lucy_tv",
-    "tv_divergence",
     "trim_kernels",
+    "tv_divergence",
 ]
