@@ -1,0 +1,212 @@
+"""Deblur-and-save: image file -> PSF map(s) -> TV-RL -> OME-Zarr store or TIFF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["deblur_file", "map_from_npz"]
+
+
+def _model_from_names(names: tuple[str, ...]) -> str:
+    from psf_live.psf import PSF_MODELS
+
+    for name, m in PSF_MODELS.items():
+        if tuple(m.param_names) == names:
+            return name
+    raise ValueError(f"no PSF model has the parameters {', '.join(names)}")
+
+
+def map_from_npz(path: str | Path, frame_shape: tuple[int, int]) -> list[Any]:
+    """Read the PSF map(s) written by ``psf-live estimate`` (or made by hand).
+
+    The npz holds ``params`` (rows, cols, N) or (T, rows, cols, N), ``names`` (N),
+    ``valid`` (rows, cols) or (T, rows, cols), ``centers_y``, ``centers_x``;
+    optional ``psf_model``. Invalid patches are KNN-filled here.
+
+    Returns
+    -------
+    list of psf_live.estimate.PSFMap
+        One map per frame.
+    """
+    from psf_live.estimate._map import PSFMap, fill_invalid
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{p}: no such file")
+    try:
+        z = dict(np.load(p, allow_pickle=False))
+    except Exception as exc:
+        raise ValueError(f"{p}: cannot read npz ({type(exc).__name__})") from None
+    missing = [k for k in ("params", "names", "centers_y", "centers_x") if k not in z]
+    if missing:
+        raise ValueError(f"{p}: missing {', '.join(missing)}")
+    params = np.asarray(z["params"], np.float32)
+    names = tuple(str(n) for n in np.atleast_1d(z["names"]))
+    if params.ndim == 3:
+        params = params[None]
+    if params.ndim != 4 or params.shape[-1] != len(names):
+        raise ValueError(f"{p}: params of shape {params.shape} do not match names {names}")
+    valid = np.asarray(z.get("valid", np.ones(params.shape[:3], bool)), bool)
+    if valid.ndim == 2:
+        valid = np.broadcast_to(valid, params.shape[:3])
+    if not np.isfinite(params).all():
+        raise ValueError(f"{p}: params contain NaN or inf")
+    psf_model = str(z["psf_model"]) if "psf_model" in z else _model_from_names(names)
+    from psf_live.psf import get_model
+
+    units = tuple(get_model(psf_model).units)
+    cy = np.asarray(z["centers_y"], np.float64)
+    cx = np.asarray(z["centers_x"], np.float64)
+    if params.shape[1:3] != (cy.size, cx.size):
+        raise ValueError(
+            f"{p}: a {params.shape[1:3]} grid needs {params.shape[1]}x"
+            f"{params.shape[2]} centres, got {cy.size}x{cx.size}"
+        )
+    maps = []
+    for t in range(params.shape[0]):
+        filled = fill_invalid(params[t], valid[t], cy, cx, param_names=names)
+        maps.append(
+            PSFMap(
+                params=filled,
+                valid=np.array(valid[t]),
+                valid_prob=valid[t].astype(np.float32),
+                centers_y=cy,
+                centers_x=cx,
+                param_names=names,
+                units=units,
+                psf_model=psf_model,
+                frame_shape=frame_shape,
+                patch_size=128,
+                stride=int(np.diff(cy)[0]) if cy.size > 1 else 0,
+                raw_params=params[t],
+                filled=True,
+            )
+        )
+    return maps
+
+
+def deblur_file(
+    image: str | Path,
+    output: str | Path,
+    *,
+    model: str | None = None,
+    iterations: int = 20,
+    lambda_tv: float = 0.1,
+    psf_map: str | Path | None = None,
+    stride: int = 64,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Estimate (or read) the PSF map of every frame, deconvolve it and save the result.
+
+    Parameters
+    ----------
+    image : str or Path
+        TIFF (or .npy) 2D image or (T, H, W) stack.
+    output : str or Path
+        ``*.zarr`` (OME-Zarr session store: raw, deconvolved, params, valid,
+        settings) or ``*.tif``/``*.tiff`` (the deconvolved float32 image/stack).
+    model : str, optional
+        Shipped model name or weights path (ignored with ``psf_map``).
+    iterations, lambda_tv : int, float
+        TV-RL settings.
+    psf_map : str or Path, optional
+        npz with the map(s), as written by ``psf-live estimate``.
+    stride : int
+        Patch stride when estimating.
+    overwrite : bool
+        Replace an existing output.
+    progress : bool
+        Show a tqdm bar over frames.
+
+    Returns
+    -------
+    dict
+        ``frames``, ``grid``, ``psf_model``, ``output``.
+    """
+    from tqdm import tqdm
+
+    from psf_live.deconv import richardson_lucy_tv
+    from psf_live.estimate import check_frame
+    from psf_live.estimate._io import load_image
+
+    out = Path(output)
+    suffix = out.suffix.lower()
+    if suffix not in (".zarr", ".tif", ".tiff"):
+        raise ValueError(f"{out}: output must end in .zarr, .tif or .tiff")
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out}: already exists")
+    data = load_image(image)
+    frames = data[None] if data.ndim == 2 else data
+    if psf_map is None:  # the estimator needs whole patches; a given map does not
+        for f in frames:
+            check_frame(f)
+    shape = (int(frames.shape[1]), int(frames.shape[2]))
+    if psf_map is not None:
+        maps = map_from_npz(psf_map, shape)
+        if len(maps) == 1 and len(frames) > 1:
+            maps = maps * len(frames)
+        if len(maps) != len(frames):
+            raise ValueError(f"{psf_map}: {len(maps)} maps for {len(frames)} frames")
+        est = None
+        model_meta: dict[str, Any] = {"source": str(psf_map)}
+    else:
+        from psf_live.estimate import Estimator
+
+        est = Estimator.load(model, stride=stride)
+        maps = []
+        model_meta = dict(getattr(est, "meta", {}) or {})
+    settings = {"iterations": iterations, "lambda_tv": lambda_tv, "method": "TV-RL (Dey 2006)"}
+    writer = None
+    results: list[np.ndarray] = []
+    if suffix == ".zarr":
+        from . import SessionWriter
+
+        writer = SessionWriter(
+            out,
+            metadata={"source": str(image), "model": model_meta, "deconvolution": settings},
+            overwrite=overwrite,
+        )
+    try:
+        for t, frame in enumerate(
+            tqdm(frames, desc="deconvolve", unit="frame", disable=not progress)
+        ):
+            m = est.map(frame) if est is not None else maps[t]
+            if est is not None:
+                maps.append(m)
+            if not np.isfinite(frame).all():
+                raise ValueError(f"{image}: frame {t} contains NaN or inf")
+            d = richardson_lucy_tv(
+                frame.astype(np.float32), m, num_iter=iterations, lambda_tv=lambda_tv
+            )
+            d = np.asarray(d, np.float32)
+            if writer is not None:
+                if t == 0:
+                    writer.update_metadata(
+                        psf_model=m.psf_model,
+                        param_names=list(m.param_names),
+                        centers_y=np.asarray(m.centers_y).tolist(),
+                        centers_x=np.asarray(m.centers_x).tolist(),
+                        optics=(m.meta or {}).get("optics", {}),
+                    )
+                writer.append(frame, params=m.params, valid=m.valid, deconvolved=d)
+            else:
+                results.append(d)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        import tifffile
+
+        tifffile.imwrite(out, np.stack(results) if data.ndim == 3 else results[0])
+    first = maps[0]
+    return {
+        "frames": len(frames),
+        "grid": list(first.shape),
+        "psf_model": first.psf_model,
+        "output": str(out),
+        "settings": settings,
+    }
