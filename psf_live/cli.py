@@ -357,6 +357,60 @@ def gui(
         raise typer.Exit(code)
 
 
+@app.command()
+def deconvolve(
+    image: str = typer.Argument(..., help="TIFF (2D image or T x H x W stack)."),
+    output: str = typer.Option(..., "--output", "-o", help="Output .zarr (OME-Zarr) or .tif."),
+    model: str = typer.Option(None, "--model", "-m", help="Shipped model name or weights path."),
+    iterations: int = typer.Option(20, "--iterations", "-n", min=0, help="TV-RL iterations."),
+    lambda_tv: float = typer.Option(0.1, "--lambda-tv", min=0.0, help="TV weight (Dey 2006)."),
+    psf_map: str = typer.Option(None, "--psf-map", help="PSF map .npz (from `estimate`)."),
+    stride: int = typer.Option(64, "--stride", "-s", min=1, help="Patch stride in pixels."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+) -> None:
+    """Deblur an image (or stack) with its PSF map by spatially-variant TV-RL and save it."""
+    from psf_live.store import deblur_file
+
+    try:
+        res = deblur_file(
+            image, output, model=model, iterations=iterations, lambda_tv=lambda_tv,
+            psf_map=psf_map, stride=stride, overwrite=overwrite,
+        )
+    except ValueError as exc:
+        msg = str(exc)
+        raise fail(msg if msg.startswith((image, output, str(psf_map))) else f"{image}: {msg}") \
+            from None
+    except Exception as exc:
+        raise fail(f"{image}: {type(exc).__name__}: {exc}") from None
+    typer.echo(
+        f"{image}: {res['frames']} frame(s) deconvolved with a {res['grid'][0]}x{res['grid'][1]} "
+        f"{res['psf_model']} map -> {res['output']}"
+    )
+
+
+@app.command()
+def verify(
+    store: str = typer.Argument(..., help="Session store (.zarr)."),
+    json_: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+) -> None:
+    """Check a session store (arrays, frame counts, chunks, metadata); ends with `frames: N`."""
+    import json
+
+    from psf_live.store import verify_store
+
+    rep = verify_store(store)
+    if json_:
+        typer.echo(json.dumps(rep, indent=1))
+    else:
+        for problem in rep["problems"]:
+            typer.echo(f"problem: {problem}")
+        for name, a in rep["arrays"].items():
+            typer.echo(f"{name}: {a['chunks_present']}/{a['counted']} frames {a['shape']}")
+    typer.echo(f"frames: {rep['frames']}")
+    if not rep["ok"]:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point for ``python -m psf_live``."""
     app()
