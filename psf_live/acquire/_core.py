@@ -20,7 +20,7 @@ _PY_DEVICE = re.compile(r"^\s*(#py\s+)?pyDevice\s*,", re.MULTILINE)
 
 
 def default_config() -> Path:
-    """The default configuration: the simulated scope with a cylindrical lens."""
+    """Return the default configuration: the simulated scope with a cylindrical lens."""
     from ..sim import sim_config_path
 
     return sim_config_path()
@@ -40,7 +40,7 @@ def _resolve(config: str | Path | None) -> Path:
 
 
 def declares_python_devices(text: str) -> bool:
-    """True if a ``.cfg`` text declares Python devices (``#py pyDevice,...`` lines)."""
+    """Return True if a ``.cfg`` text declares Python devices (``#py pyDevice,...`` lines)."""
     return _PY_DEVICE.search(text) is not None
 
 
@@ -90,7 +90,9 @@ def _check_py_device(path: Path, n: int, line: str) -> None:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"{path}: line {n}: cannot import Python module {module_name!r} ({e})") from e
+        raise ConfigError(
+            f"{path}: line {n}: cannot import Python module {module_name!r} ({e})"
+        ) from e
     cls = getattr(module, cls_name, None)
     from pymmcore_plus.experimental.unicore import Device
 

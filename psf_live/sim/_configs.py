@@ -37,5 +37,6 @@ def sim_config_path(name: str = DEFAULT_SIM_CONFIG) -> Path:
     """
     stem = name[:-4] if name.endswith(".cfg") else name
     if stem not in SIM_CONFIGS:
-        raise ValueError(f"unknown simulator config {name!r}; choose one of: {', '.join(SIM_CONFIGS)}")
+        known = ", ".join(SIM_CONFIGS)
+        raise ValueError(f"unknown simulator config {name!r}; choose one of: {known}")
     return _DIR / f"{stem}.cfg"

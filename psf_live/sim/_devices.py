@@ -37,7 +37,6 @@ from pymmcore_plus.experimental.unicore import (
 
 from ._microscope import SimMicroscope, SimSettings
 from ._noise import CameraModel
-from ._scene import DEFAULT_CYLINDER_AXIS
 
 __all__ = ["SimCamera", "SimShutter", "SimZStage"]
 
@@ -139,7 +138,7 @@ class SimShutter(ShutterDevice):
         """1 when open, 0 when closed."""
         return int(self._open)
 
-    @state.setter
+    @state.setter  # type: ignore[no-redef]
     def state(self, value: int) -> None:
         self._open = bool(int(value))
 
@@ -215,7 +214,7 @@ class SimCamera(SimpleCameraDevice):
         self.scope.camera = replace(self.scope.camera, **changes)
 
     def focus_z_um(self) -> float:
-        """Current focal plane position from the focus stage (0 without one)."""
+        """Return the focal plane position from the focus stage (0 without one)."""
         stage = _find_stage(self, self._focus_label)
         return stage.absolute_z_um if stage is not None else 0.0
 
@@ -251,10 +250,10 @@ class SimCamera(SimpleCameraDevice):
         name="Sample", allowed_values=("grid", "cells", "points", "image"), property_type="string"
     )
     def sample(self) -> str:
-        """The imaged sample."""
+        """Return the imaged sample."""
         return self.scope.settings.sample
 
-    @sample.setter
+    @sample.setter  # type: ignore[no-redef]
     def sample(self, value: str) -> None:
         if value == "image" and self._image_path == "" and self.scope._user_image is None:
             raise ValueError("set SampleImagePath before choosing the 'image' sample")
@@ -265,7 +264,7 @@ class SimCamera(SimpleCameraDevice):
         """TIFF file used as the sample (setting it selects ``Sample=image``)."""
         return self._image_path
 
-    @sample_image_path.setter
+    @sample_image_path.setter  # type: ignore[no-redef]
     def sample_image_path(self, value: str) -> None:
         value = str(value)
         if value:
@@ -277,7 +276,7 @@ class SimCamera(SimpleCameraDevice):
         """Seed of the sample texture / positions."""
         return self.scope.settings.sample_seed
 
-    @sample_seed.setter
+    @sample_seed.setter  # type: ignore[no-redef]
     def sample_seed(self, value: int) -> None:
         self.scope.update(sample_seed=int(value))
 
@@ -286,7 +285,7 @@ class SimCamera(SimpleCameraDevice):
         """Lateral shift of the sample along x (um)."""
         return self.scope.settings.sample_offset_um[1]
 
-    @sample_offset_x_um.setter
+    @sample_offset_x_um.setter  # type: ignore[no-redef]
     def sample_offset_x_um(self, value: float) -> None:
         oy = self.scope.settings.sample_offset_um[0]
         self.scope.update(sample_offset_um=(oy, float(value)))
@@ -296,7 +295,7 @@ class SimCamera(SimpleCameraDevice):
         """Lateral shift of the sample along y (um)."""
         return self.scope.settings.sample_offset_um[0]
 
-    @sample_offset_y_um.setter
+    @sample_offset_y_um.setter  # type: ignore[no-redef]
     def sample_offset_y_um(self, value: float) -> None:
         ox = self.scope.settings.sample_offset_um[1]
         self.scope.update(sample_offset_um=(float(value), ox))
@@ -306,7 +305,7 @@ class SimCamera(SimpleCameraDevice):
         """Stage position at which the centre of the sample is in focus (um)."""
         return self.scope.settings.scene.sample_z_um
 
-    @sample_z_um.setter
+    @sample_z_um.setter  # type: ignore[no-redef]
     def sample_z_um(self, value: float) -> None:
         self.scope.update(sample_z_um=float(value))
 
@@ -315,7 +314,7 @@ class SimCamera(SimpleCameraDevice):
         """Sample tilt in degrees (+: the +axis side is farther from the objective)."""
         return self.scope.settings.scene.tilt_deg
 
-    @tilt_deg.setter
+    @tilt_deg.setter  # type: ignore[no-redef]
     def tilt_deg(self, value: float) -> None:
         self.scope.update(tilt_deg=float(value))
 
@@ -324,7 +323,7 @@ class SimCamera(SimpleCameraDevice):
         """Axis along which the depth varies (x: plane rotated about y)."""
         return self.scope.settings.scene.tilt_axis
 
-    @tilt_axis.setter
+    @tilt_axis.setter  # type: ignore[no-redef]
     def tilt_axis(self, value: str) -> None:
         self.scope.update(tilt_axis=str(value))
 
@@ -333,7 +332,7 @@ class SimCamera(SimpleCameraDevice):
         """Astigmatism of the cylindrical lens, waves RMS (0: no lens)."""
         return self.scope.settings.scene.cylinder
 
-    @cylinder_waves.setter
+    @cylinder_waves.setter  # type: ignore[no-redef]
     def cylinder_waves(self, value: float) -> None:
         self.scope.update(cylinder=float(value))
 
@@ -342,7 +341,7 @@ class SimCamera(SimpleCameraDevice):
         """Axis of the cylindrical lens, degrees from +x towards +y."""
         return math.degrees(self.scope.settings.scene.cylinder_axis)
 
-    @cylinder_axis_deg.setter
+    @cylinder_axis_deg.setter  # type: ignore[no-redef]
     def cylinder_axis_deg(self, value: float) -> None:
         self.scope.update(cylinder_axis=math.radians(float(value)))
 
@@ -350,10 +349,10 @@ class SimCamera(SimpleCameraDevice):
 
     @pymm_property(name="PhotonsPerMs", limits=(0.0, 1e6), property_type="float")
     def photons_per_ms(self) -> float:
-        """Expected photo-electrons per ms of exposure at sample value 1."""
+        """Return the expected photo-electrons per ms of exposure at sample value 1."""
         return self.scope.settings.photons_per_ms
 
-    @photons_per_ms.setter
+    @photons_per_ms.setter  # type: ignore[no-redef]
     def photons_per_ms(self, value: float) -> None:
         self.scope.update(photons_per_ms=float(value))
 
@@ -362,7 +361,7 @@ class SimCamera(SimpleCameraDevice):
         """Gaussian read noise, electrons RMS."""
         return self.scope.camera.read_noise_e
 
-    @read_noise_e.setter
+    @read_noise_e.setter  # type: ignore[no-redef]
     def read_noise_e(self, value: float) -> None:
         self._set_camera(read_noise_e=float(value))
 
@@ -371,7 +370,7 @@ class SimCamera(SimpleCameraDevice):
         """Bit depth of the digitiser (frames are uint16)."""
         return self.scope.camera.bit_depth
 
-    @bit_depth.setter
+    @bit_depth.setter  # type: ignore[no-redef]
     def bit_depth(self, value: int) -> None:
         self._set_camera(bit_depth=int(value))
 
@@ -380,7 +379,7 @@ class SimCamera(SimpleCameraDevice):
         """Frame width in pixels."""
         return self.scope.settings.shape[1]
 
-    @sensor_width.setter
+    @sensor_width.setter  # type: ignore[no-redef]
     def sensor_width(self, value: int) -> None:
         self.scope.update(shape=(self.scope.settings.shape[0], int(value)))
 
@@ -389,7 +388,7 @@ class SimCamera(SimpleCameraDevice):
         """Frame height in pixels."""
         return self.scope.settings.shape[0]
 
-    @sensor_height.setter
+    @sensor_height.setter  # type: ignore[no-redef]
     def sensor_height(self, value: int) -> None:
         self.scope.update(shape=(int(value), self.scope.settings.shape[1]))
 
@@ -398,7 +397,7 @@ class SimCamera(SimpleCameraDevice):
         """Object-space pixel size used for rendering (um)."""
         return self.scope.settings.optics.pixel_size_um
 
-    @pixel_size_um.setter
+    @pixel_size_um.setter  # type: ignore[no-redef]
     def pixel_size_um(self, value: float) -> None:
         optics = self.scope.settings.optics.replace(pixel_size_um=float(value))
         self.scope.update(optics=optics)
@@ -408,7 +407,7 @@ class SimCamera(SimpleCameraDevice):
         """Seed of the frame noise (-1: random); setting it restarts the stream."""
         return self._seed
 
-    @noise_seed.setter
+    @noise_seed.setter  # type: ignore[no-redef]
     def noise_seed(self, value: int) -> None:
         self._seed = int(value)
         if self._seed < 0:
@@ -421,7 +420,7 @@ class SimCamera(SimpleCameraDevice):
         """Label of the SimZStage whose position is the focal plane."""
         return self._focus_label
 
-    @focus_device.setter
+    @focus_device.setter  # type: ignore[no-redef]
     def focus_device(self, value: str) -> None:
         self._focus_label = str(value)
 
@@ -432,7 +431,7 @@ class SimCamera(SimpleCameraDevice):
         """Frame index (from when this is set) at which frames start failing; -1 never."""
         return self._fail_at
 
-    @fail_at_frame.setter
+    @fail_at_frame.setter  # type: ignore[no-redef]
     def fail_at_frame(self, value: int) -> None:
         self._fail_at = int(value)
         self._frames = 0

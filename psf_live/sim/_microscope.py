@@ -143,7 +143,7 @@ class SimMicroscope:
     # -- images ------------------------------------------------------------------
 
     def sample_image(self, settings: SimSettings | None = None) -> np.ndarray:
-        """The sample with its margin, shape ``(H + 2 margin, W + 2 margin)``."""
+        """Return the sample with its margin, shape ``(H + 2 margin, W + 2 margin)``."""
         s = settings or self.settings
         h, w = s.shape
         key = (
@@ -200,7 +200,7 @@ class SimMicroscope:
             return out
 
     def expected(self, z_um: float, exposure_ms: float) -> torch.Tensor:
-        """Expected photo-electrons per pixel for a stage position and exposure."""
+        """Return the expected photo-electrons per pixel for a stage position and exposure."""
         s = self.settings
         return self.render(z_um, s).image * (s.photons_per_ms * float(exposure_ms))
 
@@ -247,7 +247,9 @@ class SimMicroscope:
             self._noisers.clear()
 
 
-def _put(cache: OrderedDict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any, size: int) -> None:
+def _put(
+    cache: OrderedDict[tuple[Any, ...], Any], key: tuple[Any, ...], value: Any, size: int
+) -> None:
     cache[key] = value
     while len(cache) > size:
         cache.popitem(last=False)

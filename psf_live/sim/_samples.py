@@ -90,7 +90,7 @@ def grid_sample(
     offset_um: tuple[float, float] = (0.0, 0.0),
     seed: int | None = 0,
 ) -> np.ndarray:
-    """A laser-printed grid on transparent foil (the sample of Section III-E).
+    """Draw a laser-printed grid on transparent foil (the sample of Section III-E).
 
     Dark lines every ``pitch_um`` along x and y (200 um squares), with a print
     texture: a multiplicative band-limited fluctuation of the foil (structure at

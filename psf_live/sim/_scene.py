@@ -215,7 +215,7 @@ def render_scene(
     grid_step: int = 32,
     device: torch.device | str | None = None,
 ) -> SceneRender:
-    """Expected camera image of a (tilted) sample for a stage position.
+    """Render the expected camera image of a (tilted) sample for a stage position.
 
     The local defocus at every point is ``depth_um`` (see :func:`depth_map`); it
     becomes the signed Zernike focus ``defocus_um_to_waves(depth)`` and, with the
