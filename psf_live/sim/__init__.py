@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._configs import SIM_CONFIGS, sim_config_path
+from ._export import simulate_to_tiff
 from ._microscope import SimMicroscope, SimSettings
 from ._noise import CameraModel, FrameNoiser, camera_frame
 from ._samples import (
@@ -60,6 +61,7 @@ __all__ = [
     "points_sample",
     "render_scene",
     "sim_config_path",
+    "simulate_to_tiff",
 ]
 
 _DEVICES = ("SimCamera", "SimShutter", "SimZStage")
