@@ -284,7 +284,12 @@ def test_gui_command_opens_panel_and_exits_cleanly(qapp: Any, tiny_path: Path) -
 
     t0 = time.perf_counter()
     QtCore.QTimer.singleShot(100, close_when_mapped)
-    res = CliRunner().invoke(app, ["gui", "--model", str(tiny_path), "--stride", "128"])
+    # closing the last window would post a deferred quit that ends later tests' loops
+    qapp.setQuitOnLastWindowClosed(False)
+    try:
+        res = CliRunner().invoke(app, ["gui", "--model", str(tiny_path), "--stride", "128"])
+    finally:
+        qapp.setQuitOnLastWindowClosed(True)
     assert res.exit_code == 0, res.output
     assert seen.get("live") is True  # the command starts live mapping
     assert seen["threads"]
