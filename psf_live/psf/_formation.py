@@ -181,6 +181,11 @@ class OverlapAdd:
         kpad[:, :kh, :kh] = kk
         kpad = torch.roll(kpad, shifts=(-r, -r), dims=(-2, -1))
         self._K = torch.fft.rfft2(kpad)
+        # Reused every call (RL applies the operator twice per iteration): the
+        # conjugate spectra materialised (a lazy conj view multiplies slower)
+        # and the mask windows.
+        self._Kc = self._K.conj().resolve_conj()
+        self._M: torch.Tensor | None = None
 
     def _windows(self, img: torch.Tensor) -> torch.Tensor:
         """Cut the (R*C, wh, ww) windows out of a padded image."""
@@ -189,6 +194,11 @@ class OverlapAdd:
         )
 
     def _masks(self) -> torch.Tensor:
+        if self._M is None:
+            self._M = self._make_masks()
+        return self._M
+
+    def _make_masks(self) -> torch.Tensor:
         return (self._my[:, None, :, None] * self._mx[None, :, None, :]).reshape(
             -1, self._wh, self._ww
         )
@@ -215,7 +225,7 @@ class OverlapAdd:
 
     def _conv(self, windows: torch.Tensor, adjoint: bool) -> torch.Tensor:
         F = torch.fft.rfft2(windows, s=(self._fh, self._fw))
-        K = self._K.conj() if adjoint else self._K
+        K = self._Kc if adjoint else self._K
         return torch.fft.irfft2(F * K, s=(self._fh, self._fw))[:, : self._wh, : self._ww]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
