@@ -54,7 +54,9 @@ class PSFLivePanel(QtWidgets.QWidget):
 
     The live mapper emits its maps from a worker thread; the panel only stores the
     newest one there and redraws from a ``QTimer`` on the GUI thread, so it stays
-    responsive when inference is slower than the camera.
+    responsive when inference is slower than the camera. Closing the panel (or
+    :meth:`shutdown`, also run when the application quits) stops the camera and
+    joins the mapper's threads.
 
     Parameters
     ----------
@@ -125,6 +127,9 @@ class PSFLivePanel(QtWidgets.QWidget):
         self._timer.setInterval(int(refresh_ms))
         self._timer.timeout.connect(self._refresh)
         self._timer.start()
+        app = QtWidgets.QApplication.instance()
+        if app is not None:  # embedded: the host may quit without closing us
+            app.aboutToQuit.connect(self.shutdown)
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
@@ -157,7 +162,7 @@ class PSFLivePanel(QtWidgets.QWidget):
             self.camera_plot.addItem(item)
 
         self.focus_view = HeatmapView(
-            "Focus", "CET-D1", (-1.0, 1.0), "signed defocus (waves RMS)"
+            "Focus", "CET-D1", (-0.6, 0.6), "signed defocus (waves RMS)"
         )
         self.astig_view = HeatmapView(
             "Astigmatism (lines: axis)", "viridis", (0.0, 0.5), "cylinder (waves RMS)"
@@ -167,7 +172,7 @@ class PSFLivePanel(QtWidgets.QWidget):
         )
         self.axis_lines.setZValue(6)
         self.astig_view.plot.addItem(self.axis_lines)
-        self.depth_view = HeatmapView("Depth", "CET-D1", (-20.0, 20.0), "depth (um)")
+        self.depth_view = HeatmapView("Depth", "CET-D1", (-40.0, 40.0), "depth (um)")
         self._frame_rect: QtCore.QRectF | None = None
         self._set_range(QtCore.QRectF(0, 0, 1024, 1024))
         grid.addWidget(self.camera_view, 0, 0)
