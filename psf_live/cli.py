@@ -22,11 +22,22 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 @app.command()
 def demo(
     frames: int = typer.Option(30, "--frames", "-n", min=1, help="Frames to map."),
+    calibration: str = typer.Option(
+        None, "--calibration", help="Depth calibration JSON: tilt in degrees."
+    ),
 ) -> None:
     """Run the whole product on the built-in simulated microscope (no hardware needed)."""
     from psf_live.acquire._monitor import run_demo
 
-    run_demo(frames=frames, echo=typer.echo)
+    cal = None
+    if calibration is not None:
+        from psf_live.depth import DepthCalibration
+
+        try:
+            cal = DepthCalibration.load(calibration)
+        except Exception as exc:
+            raise fail(str(exc)) from None
+    run_demo(frames=frames, echo=typer.echo, calibration=cal)
 
 
 @app.command()

@@ -122,13 +122,15 @@ def run_demo(
     model: str | None = None,
     stride: int | None = None,
     echo: Echo = print,
+    calibration: DepthCalibration | None = None,
 ) -> MonitorResult:
     """Run the first-contact job: the simulated scope streams, the live mapper maps, text out.
 
     Opens the simulated microscope (tilted grid seen through a cylindrical lens), loads
     the shipped model (or, when no weights are shipped yet, an untrained network so
     that the pipeline still runs, saying so), maps ``frames`` frames live and prints
-    focus and tilt per frame, a summary, and what is still missing.
+    focus and tilt per frame (in degrees with a depth ``calibration``), a summary, and
+    what is still missing.
     """
     from psf_live.acquire import open_core
     from psf_live.estimate import Estimator
@@ -158,7 +160,9 @@ def run_demo(
     if not trained:
         echo(f"NOTE: {missing[0]}")
     try:
-        result = monitor(core, estimator, frames=frames, echo=echo, lens_axis=lens_axis)
+        result = monitor(
+            core, estimator, frames=frames, echo=echo, lens_axis=lens_axis, calibration=calibration
+        )
     finally:
         _close(core)
     st = result.stats
@@ -177,9 +181,16 @@ def run_demo(
         f"  frames in {st.frames_in}, mapped {st.frames_mapped}, dropped {st.frames_dropped}; "
         f"map rate {st.map_rate:.1f}/s; median latency {st.latency_median * 1e3:.1f} ms"
     )
+    if calibration is None:
+        missing.append(
+            "no depth calibration loaded: tilt is the slope of the signed defocus (waves per "
+            "mm), not degrees; calibrate with `psf-live calibrate-depth --config "
+            "psf_live_sim.cfg --tilt-deg 3,6,10 -o cal.json`, then `psf-live demo "
+            "--calibration cal.json` (or monitor) reports degrees"
+        )
     missing.append(
-        "no depth calibration yet: tilt is the slope of the signed defocus (waves per mm), "
-        "not degrees; depth in micrometres comes with the depth calibration"
+        "the demo is text only and records nothing: `psf-live gui` shows the live panel "
+        "(and records) when a display exists"
     )
     if not trained:
         missing.append("train/ship weights (python -m training.train), then rerun")
