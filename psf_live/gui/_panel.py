@@ -472,7 +472,7 @@ class PSFLivePanel(QtWidgets.QWidget):
 
     def _start(self) -> None:
         if self.estimator is not None and self.mapper is None:
-            from psf_live.acquire._live import LiveMapper
+            from psf_live.acquire import LiveMapper
 
             self.mapper = LiveMapper(
                 self.core, self.estimator, mode="latest", calibration=self.calibration

@@ -79,12 +79,10 @@ class HeatmapView(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         self.plot.setMenuEnabled(False)
         for ax in ("left", "bottom"):
             self.plot.getAxis(ax).setStyle(tickFont=_small_font())
-        self.background = pg.ImageItem(axisOrder="row-major")
-        self.background.setOpacity(0.35)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.hatch = pg.ImageItem(axisOrder="row-major")
         self.hatch.setZValue(5)
-        for item in (self.background, self.image, self.hatch):
+        for item in (self.image, self.hatch):
             self.plot.addItem(item)
         self.cbar = pg.ColorBarItem(
             values=levels, colorMap=pg.colormap.get(cmap, source=_cmap_source(cmap)),
@@ -109,15 +107,6 @@ class HeatmapView(pg.GraphicsLayoutWidget):  # type: ignore[misc]
     def set_levels(self, low: float, high: float) -> None:
         """Set the colour levels (the user's choice; frames never change them)."""
         self.cbar.setLevels((low, high))
-
-    def set_background(self, frame: np.ndarray | None) -> None:
-        """Show a dimmed camera frame under the heatmap (None hides it)."""
-        if frame is None:
-            self.background.clear()
-            return
-        lo, hi = np.percentile(frame[::8, ::8], (1, 99.5))
-        self.background.setImage(frame, levels=(float(lo), float(max(hi, lo + 1))))
-        self.background.setRect(QtCore.QRectF(0, 0, frame.shape[1], frame.shape[0]))
 
     def set_map(self, values: np.ndarray, valid: np.ndarray, rect: QtCore.QRectF) -> None:
         """Show a (rows, cols) map; invalid patches are hatched grey, not coloured."""
