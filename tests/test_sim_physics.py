@@ -1,0 +1,190 @@
+"""The simulated microscope's samples, geometry, blur and noise against physics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from psf_live.psf import Optics
+from psf_live.sim import (
+    CameraModel,
+    FrameNoiser,
+    Scene,
+    depth_map,
+    grid_sample,
+    image_sample,
+    make_sample,
+    points_sample,
+    render_scene,
+)
+
+PX = Optics().pixel_size_um
+
+
+def _sharpness(img: torch.Tensor) -> float:
+    gy, gx = torch.diff(img, dim=0), torch.diff(img, dim=1)
+    return float((gy**2).mean() + (gx**2).mean())
+
+
+def _moments(img: torch.Tensor) -> tuple[float, float, float]:
+    """Central second moments (var_x, var_y, cov_xy) of a blob image."""
+    w = img.double() / img.double().sum()
+    h, ww = w.shape
+    y = torch.arange(h, dtype=torch.float64)[:, None]
+    x = torch.arange(ww, dtype=torch.float64)[None, :]
+    my, mx = float((w * y).sum()), float((w * x).sum())
+    vx = float((w * (x - mx) ** 2).sum())
+    vy = float((w * (y - my) ** 2).sum())
+    cxy = float((w * (x - mx) * (y - my)).sum())
+    return vx, vy, cxy
+
+
+def _point(n: int = 161) -> np.ndarray:
+    s = np.zeros((n, n), np.float32)
+    s[n // 2, n // 2] = 1.0
+    return s
+
+
+# -- samples -------------------------------------------------------------------
+
+
+def test_grid_lines_every_200um_and_offset_moves_them() -> None:
+    img = grid_sample((64, 1024), PX, texture=0.0)
+    assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() <= 1.0
+    prof = img.mean(axis=0)
+    dark = np.flatnonzero(prof < 0.5 * prof.max())
+    centres = [c.mean() for c in np.split(dark, np.flatnonzero(np.diff(dark) > 1) + 1)]
+    assert len(centres) == 3  # 655 um field, 200 um pitch, centred on a line
+    assert np.allclose(np.diff(centres) * PX, 200.0, atol=PX)
+    assert abs(centres[1] - 511.5) < 1.0  # a line through the centre of the field
+    shifted = grid_sample((64, 1024), PX, texture=0.0, offset_um=(0.0, 32.0)).mean(axis=0)
+    d2 = np.flatnonzero(shifted < 0.5 * shifted.max())
+    c2 = [c.mean() for c in np.split(d2, np.flatnonzero(np.diff(d2) > 1) + 1)]
+    assert min(abs(c - (511.5 - 50.0)) for c in c2) < 1.0  # +32 um offset -> lines at -32 um
+
+
+def test_grid_texture_seed_and_samples() -> None:
+    a, b = grid_sample((128, 128), seed=1), grid_sample((128, 128), seed=2)
+    assert not np.allclose(a, b) and np.allclose(a, grid_sample((128, 128), seed=1))
+    assert a.std() > 0.03  # print texture everywhere, not a flat foil
+    for kind in ("cells", "points"):
+        s = make_sample(kind, (128, 96), PX, seed=0)
+        assert s.shape == (128, 96) and s.dtype == np.float32
+        assert 0.0 <= s.min() and s.max() <= 1.0 and s.max() > 0.2
+    with pytest.raises(ValueError, match="unknown sample"):
+        make_sample("bricks", (8, 8))
+
+
+def test_image_sample_from_array_and_tiff(tmp_path) -> None:
+    import tifffile
+
+    arr = np.arange(12 * 10, dtype=np.uint16).reshape(12, 10)
+    path = tmp_path / "img.tif"
+    tifffile.imwrite(path, arr)
+    s = image_sample(path, (20, 6))
+    assert s.shape == (20, 6) and s.dtype == np.float32
+    assert s.min() >= 0.0 and s.max() <= 1.0
+    assert np.allclose(image_sample(arr)[0, :3], np.array([0, 1, 2]) / 119.0)
+    with pytest.raises(FileNotFoundError, match="no such image"):
+        image_sample(tmp_path / "missing.tif")
+    with pytest.raises(ValueError, match="2D"):
+        image_sample(np.zeros((2, 3, 4, 5)))
+
+
+# -- geometry --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tilt", [3.0, -6.0, 10.0])
+def test_depth_map_is_distance_from_centre_line_times_tan(tilt: float) -> None:
+    h, w = 50, 80
+    d = depth_map((h, w), 2.0, Scene(tilt_deg=tilt, tilt_axis="x", sample_z_um=5.0), PX)
+    assert d.shape == (h, w) and d.dtype == np.float32
+    expect = 5.0 + (np.arange(w) - (w - 1) / 2) * PX * math.tan(math.radians(tilt)) - 2.0
+    assert np.allclose(d, expect[None, :], atol=1e-4)
+    dy = depth_map((h, w), 0.0, Scene(tilt_deg=tilt, tilt_axis="y"), PX)
+    assert np.allclose(dy.std(axis=1), 0.0, atol=1e-6) and np.sign(
+        dy[-1, 0] - dy[0, 0]
+    ) == np.sign(tilt)
+    # 10 deg over the paper's 655 um field: +-57.7 um along the axis
+    full = depth_map((4, 1024), 0.0, Scene(tilt_deg=10.0), PX)
+    assert full[0, -1] == pytest.approx(0.64 * 511.5 * math.tan(math.radians(10)), rel=1e-5)
+
+
+# -- blur -----------------------------------------------------------------------------
+
+
+def test_blur_is_sharpest_in_focus_and_symmetric() -> None:
+    s = grid_sample((256 + 2 * 64, 256 + 2 * 64), PX, seed=3)
+    sharp = {
+        z: _sharpness(render_scene(s, z, Scene(), margin=64).image)
+        for z in (-20.0, -10.0, 0.0, 10.0, 20.0)
+    }
+    assert sharp[0.0] > sharp[10.0] > sharp[20.0]
+    assert sharp[0.0] > sharp[-10.0] > sharp[-20.0]
+    # without astigmatism, +z and -z defocus give the same blur
+    assert sharp[10.0] == pytest.approx(sharp[-10.0], rel=0.02)
+    assert sharp[20.0] == pytest.approx(sharp[-20.0], rel=0.02)
+
+
+def test_cylindrical_lens_elongates_along_perpendicular_axes() -> None:
+    scene = Scene(cylinder=0.25)
+    m = {z: _moments(render_scene(_point(), z, scene).image) for z in (-25.0, 0.0, 25.0)}
+    vx0, vy0, c0 = m[0.0]
+    assert abs(c0) < 0.05 * (vx0 + vy0)  # round at focus
+    (_, _, cp), (_, _, cm) = m[25.0], m[-25.0]
+    assert cp * cm < 0  # elongated along the two diagonals, one per side of focus
+    assert abs(cp) > 0.3 * (m[25.0][0] + m[25.0][1]) / 2
+    assert abs(cp + cm) < 0.05 * abs(cp)  # mirror images of each other
+
+
+def test_tilted_scene_blur_varies_along_axis_with_the_right_sign() -> None:
+    tilt, n = 10.0, 641
+    src = points_sample((n, n), PX, density_per_mm2=600.0, seed=4)
+    scene = Scene(tilt_deg=tilt, tilt_axis="x", cylinder=0.25)
+    tilted = render_scene(src, 0.0, scene)
+    depth = tilted.depth_um
+    assert float(depth[0, 0]) < 0 < float(depth[0, -1])  # +x side farther away
+    assert torch.allclose(depth, depth[:1].expand_as(depth))
+    col = 160  # a quarter of the field: depth about -29 um
+    d = float(depth[0, col])
+    # the tilted image there equals a flat sample at that depth (focal plane at -d) ...
+    flat_same = render_scene(src, -d, Scene(cylinder=0.25)).image
+    flat_other = render_scene(src, d, Scene(cylinder=0.25)).image
+    win = (slice(100, 540), slice(col - 16, col + 17))
+    err_same = float((tilted.image[win] - flat_same[win]).abs().mean())
+    err_other = float((tilted.image[win] - flat_other[win]).abs().mean())
+    assert err_same < 0.25 * err_other
+    # ... and the tilt along x leaves rows alike: the tilt axis "y" transposes the picture
+    ty = render_scene(src.T.copy(), 0.0, Scene(tilt_deg=tilt, tilt_axis="y", cylinder=0.0))
+    tx = render_scene(src, 0.0, Scene(tilt_deg=tilt, tilt_axis="x", cylinder=0.0))
+    assert torch.allclose(ty.image.T, tx.image, atol=1e-5)
+
+
+# -- noise ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("psi", [5.0, 200.0])
+def test_camera_noise_matches_eq10_with_offset_and_gain(psi: float) -> None:
+    cam = CameraModel(beta=0.8, read_noise_e=3.0, gain_adu_per_e=2.0, offset_adu=100.0)
+    g = torch.Generator().manual_seed(0)
+    noiser = FrameNoiser(torch.full((256, 256), psi), cam)
+    assert noiser.exact_fraction == (1.0 if psi < cam.gauss_threshold else 0.0)
+    frames = np.stack([noiser.sample(g) for _ in range(4)]).astype(np.float64)
+    assert frames.dtype == np.float64 and noiser.sample(g).dtype == np.uint16
+    mean = 100.0 + 2.0 * 0.8 * psi
+    var = 2.0**2 * (0.8**2 * psi + 3.0**2) + 1 / 12  # + rounding to integers
+    assert frames.mean() == pytest.approx(mean, rel=0.005)
+    assert frames.var() == pytest.approx(var, rel=0.03)
+    assert not np.array_equal(frames[0], frames[1])  # fresh noise every frame
+
+
+def test_camera_clips_to_bit_depth() -> None:
+    cam = CameraModel(bit_depth=12)
+    frame = FrameNoiser(torch.full((32, 32), 1e5), cam).sample()
+    assert frame.dtype == np.uint16 and int(frame.max()) == 4095
+    out = np.empty((32, 32), np.uint16)
+    assert FrameNoiser(torch.zeros(32, 32), cam).sample(out=out) is out
+    assert abs(float(out.mean()) - cam.offset_adu) < 1.0
