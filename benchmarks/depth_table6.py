@@ -154,18 +154,28 @@ def make_images(tilts: list[float], seed: int, ground_truth: bool, args: Any) ->
     torch.set_num_threads(args.threads)
     scope = SimMicroscope(SimSettings(shape=SHAPE), seed=seed)
     scope.update(cylinder=0.25, cylinder_axis=math.pi / 4, tilt_axis="x")
-    est = Estimator.load(args.model)
+    est = None if args.render_only else Estimator.load(args.model)
     try:
         from tqdm import tqdm
 
         it: Any = tqdm(tilts, desc="images", file=sys.stderr)
     except ImportError:
         it = tilts
-    for t in it:
+    cache = Path(args.cache) if args.cache else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    for i, t in enumerate(it):
         off = (float(rng.uniform(0, 200)), float(rng.uniform(0, 200)))
-        scope.update(tilt_deg=float(t), sample_offset_um=off, sample_seed=int(rng.integers(1e6)))
-        frame = scope.snap(0.0, args.exposure_ms)
-        m = est.map(frame)
+        sseed = int(rng.integers(1e6))
+        f = cache / f"s{seed}_{i:03d}_{t:+g}_{args.exposure_ms:g}.npy" if cache else None
+        scope.update(tilt_deg=float(t), sample_offset_um=off, sample_seed=sseed)
+        if f is not None and f.exists():
+            frame = np.load(f)
+        else:
+            frame = scope.snap(0.0, args.exposure_ms)
+            if f is not None:
+                np.save(f, frame)
+        m = est.map(frame) if est is not None else None
         out.append({"tilt": t, "map": m, "frame": frame, "truth_full": scope.depth_map(0.0)})
     return out
 
@@ -225,6 +235,8 @@ def main() -> int:
     ap.add_argument("--gt-axis-noise", type=float, default=0.05, help="radians")
     ap.add_argument("--gt-outliers", type=float, default=0.0, help="fraction of wild patches")
     ap.add_argument("--out", default="benchmarks/results", help="folder for the PNGs")
+    ap.add_argument("--cache", default="", help="folder to keep/reuse the rendered frames")
+    ap.add_argument("--render-only", action="store_true", help="only fill --cache")
     args = ap.parse_args()
 
     tilts_main = [t for t in CAL_TILTS for _ in range(args.per_tilt)]
@@ -232,6 +244,9 @@ def main() -> int:
     t0 = time.perf_counter()
     items = make_images(tilts_main + tilts_extra, args.seed, args.ground_truth_maps, args)
     t_img = time.perf_counter() - t0
+    if args.render_only:
+        print(f"rendered {len(items)} frames into {args.cache} ({t_img:.0f} s)")
+        return 0
     main_items = items[: len(tilts_main)]
     extra_items = items[len(tilts_main):]
     cal_items, test_items = [], []
