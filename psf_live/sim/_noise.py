@@ -93,7 +93,8 @@ class FrameNoiser:
         self.shape = (int(psi.shape[0]), int(psi.shape[1]))
         g, b, s = cam.gain_adu_per_e, cam.beta, cam.read_noise_e
         flat = psi.reshape(-1)
-        low = flat < cam.gauss_threshold
+        # Poisson(0) is 0: pixels without signal need no draw (read noise only).
+        low = (flat < cam.gauss_threshold) & (flat > 0)
         self._low_idx = torch.nonzero(low).reshape(-1)
         self._low_psi = flat[self._low_idx].contiguous()
         # +0.5 so that truncation when casting to integers rounds to nearest.
