@@ -156,3 +156,18 @@ def test_cuda_matches_cpu(tiny_path: Path, frame: np.ndarray) -> None:
         tol = 1e-3 if precision == "fp32" else 3e-2
         np.testing.assert_allclose(gpu.valid_prob, cpu.valid_prob, atol=tol)
         np.testing.assert_allclose(gpu.params[..., :2], cpu.params[..., :2], atol=tol)
+
+
+def test_auto_precision_on_cpu_is_checked(tiny_path: Path, frame: np.ndarray) -> None:
+    auto = Estimator.load(tiny_path, device="cpu")
+    fp32 = Estimator.load(tiny_path, device="cpu", precision="fp32")
+    assert fp32.precision == "fp32" and fp32.precision_check == {}
+    if auto.precision == "bf16":  # chosen only after the load-time agreement check
+        assert auto.precision_check["ok"]
+        assert auto.precision_check["max_rel_param_diff"] <= 0.01
+    else:
+        assert auto.precision == "fp32"
+    a = auto.map(frame, fill=False)
+    b = fp32.map(frame, fill=False)
+    np.testing.assert_allclose(a.params[..., 0], b.params[..., 0], atol=0.01)
+    np.testing.assert_allclose(a.valid_prob, b.valid_prob, atol=0.02)
