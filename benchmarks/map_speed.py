@@ -70,35 +70,36 @@ def main() -> None:
 
     rows: list[tuple[str, str, int, dict[str, float]]] = []
     try:
-        default = Estimator.load(DEFAULT_MODEL, device="cpu")
-        bf16 = Estimator.load(DEFAULT_MODEL, device="cpu", precision="bf16")
+        default = Estimator.load(DEFAULT_MODEL, device="cpu", precision="fp32")
+        bf16 = Estimator.load(DEFAULT_MODEL, device="cpu", precision="auto")
         label = f"{DEFAULT_MODEL} (shipped, {default.meta.get('arch')})"
     except Exception as exc:
         print(f"note: no shipped {DEFAULT_MODEL} weights ({exc}); timing an untrained 'compact'")
-        default = _untrained("compact")
-        bf16 = _untrained("compact", precision="bf16")
+        default = _untrained("compact", precision="fp32")
+        bf16 = _untrained("compact", precision="auto")
         label = "compact (untrained)"
-    for name, est in ((label, default), (label + " bf16", bf16)):
+    auto_label = f"{label} auto->{bf16.precision}"
+    for name, est in ((label, default), (auto_label, bf16)):
         for stride in (128, 64):
-            prec = "bf16" if name.endswith("bf16") else "fp32"
+            prec = est.precision
             rows.append((name, prec, stride, _time(est, frame, stride, args.repeats)))
     a = default.map(frame, 64, fill=False)
     b = bf16.map(frame, 64, fill=False)
     diff = np.abs(a.params - b.params).max(axis=(0, 1))
     agree = float((a.valid == b.valid).mean())
-    resnet = _untrained("resnet34")
+    resnet = _untrained("resnet34", precision="fp32")
     rows.append(
         ("resnet34 (untrained)", "fp32", 128, _time(resnet, frame, 128, args.resnet_repeats))
     )
 
     print(f"map of a 1024x1024 uint16 frame, CPU, torch threads = {torch.get_num_threads()}")
-    print(f"{'model':38s} {'patches':>7s} {'median ms':>10s} {'net ms':>8s} {'min ms':>8s}")
+    print(f"{'model':44s} {'patches':>7s} {'median ms':>10s} {'net ms':>8s} {'min ms':>8s}")
     targets = {128: 6.0, 64: 20.0}
     for name, _prec, stride, r in rows:
         n = 64 if stride == 128 else 225
         tgt = f"  (target <= {targets[stride]:.0f} ms)" if name == label else ""
         print(
-            f"{name:38s} {n:7d} {r['median_ms']:10.2f} {r['inference_ms']:8.2f} "
+            f"{name:44s} {n:7d} {r['median_ms']:10.2f} {r['inference_ms']:8.2f} "
             f"{r['min_ms']:8.2f}{tgt}"
         )
     base = next(r for name, _p, s, r in rows if name == label and s == 128)
