@@ -106,8 +106,9 @@ def main() -> None:
     rn = rows[-1][3]
     print(f"ResNet-34 / default at 64 patches: {rn['median_ms'] / base['median_ms']:.1f}x")
     names = ", ".join(f"{n} {d:.4f}" for n, d in zip(default.param_names, diff, strict=True))
+    print(f"default precision (auto) chose {bf16.precision}: check {bf16.precision_check}")
     print(
-        f"bf16 vs fp32 (225 patches, random frame): max |diff| {names}; validity agrees "
+        f"auto vs fp32 (225 patches, random frame): max |diff| {names}; validity agrees "
         f"on {agree:.1%} of patches"
     )
 
