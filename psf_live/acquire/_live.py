@@ -344,7 +344,7 @@ class LiveMapper:
                             self._n_dropped += 1
         else:
             while True:
-                if self._stop.is_set() and not self._drain:
+                if (self._stop.is_set() and not self._drain) or not self._running:
                     with self._stats_lock:
                         self._n_dropped += 1
                     raise RuntimeError("LiveMapper stopped while waiting for queue space")
