@@ -90,9 +90,10 @@ def test_sequence_acquisition_delivers_n_frames(core) -> None:
     assert not np.array_equal(got[0], got[1])  # fresh noise per frame
 
 
-def test_continuous_sequence_emits_frame_ready(core) -> None:
-    seen: list[int] = []
-    core.events.sequenceAcquisitionStarted.connect(lambda *a: seen.append(-1))
+def test_continuous_sequence_acquisition(core) -> None:
+    seen: list[str] = []
+    core.events.continuousSequenceAcquisitionStarted.connect(lambda *a: seen.append("start"))
+    core.events.sequenceAcquisitionStopped.connect(lambda *a: seen.append("stop"))
     core.startContinuousSequenceAcquisition(0)
     deadline = time.perf_counter() + 20
     count = 0
@@ -104,6 +105,7 @@ def test_continuous_sequence_emits_frame_ready(core) -> None:
             time.sleep(0.002)
     core.stopSequenceAcquisition()
     assert count == 5 and not core.isSequenceRunning()
+    assert seen == ["start", "stop"]
 
 
 def test_mda_z_stack(core) -> None:
