@@ -283,6 +283,8 @@ class LiveMapper:
             t.join(timeout)
         alive = [t.name for t in self._threads if t.is_alive()]
         self._threads = []
+        self._running = False  # producers blocked on a full queue give up now
+        time.sleep(0.06)  # ... within one put timeout
         # frames still queued (not drained) are dropped, never half-processed
         while True:
             try:
@@ -291,7 +293,6 @@ class LiveMapper:
                 break
             with self._stats_lock:
                 self._n_dropped += 1
-        self._running = False
         if alive:
             raise RuntimeError(f"threads did not stop within {timeout} s: {alive}")
 
