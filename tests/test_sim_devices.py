@@ -186,3 +186,18 @@ def test_simulate_cli(tmp_path: Path) -> None:
         app, ["simulate", "--axis", "z", "--size", "32", "-o", str(tmp_path / "f.tif")]
     )
     assert res.exit_code == 1 and "axis must be 'x' or 'y'" in res.output
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_fail_at_frame_stops_a_sequence_after_k_frames(core) -> None:
+    core.setProperty("Camera", "FailAtFrame", 3)
+    core.startSequenceAcquisition(10, 0, True)
+    deadline = time.perf_counter() + 20
+    while core.isSequenceRunning() and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    got = 0
+    while core.getRemainingImageCount():
+        core.popNextImage()
+        got += 1
+    assert got == 3  # frames 0..2 delivered, frame 3 failed
+    assert core.getProperty("Camera", "LastError") == "simulated camera failure at frame 3"
