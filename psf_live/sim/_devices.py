@@ -158,6 +158,11 @@ class SimCamera(SimpleCameraDevice):
     ``SensorHeight``, ``PixelSizeUm``, ``NoiseSeed``, ``FocusDevice``,
     ``FailAtFrame`` (frame k, counted from when it is set, and every later frame
     raise; -1 never), ``FrameCount`` and ``LastError`` (read-only).
+
+    A failing frame raises ``RuntimeError`` from ``snapImage``; in a sequence the
+    acquisition thread ends after the frames before it (pymmcore-plus reports
+    the error as an unhandled thread exception) and ``LastError`` holds the
+    message.
     """
 
     def __init__(self) -> None:
@@ -227,6 +232,11 @@ class SimCamera(SimpleCameraDevice):
             raise RuntimeError(self._last_error)
         z = self.focus_z_um()
         s = self.scope.settings
+        if tuple(buffer.shape) != s.shape:
+            self._last_error = (
+                f"sensor size changed to {s.shape} during a sequence of {buffer.shape} frames"
+            )
+            raise RuntimeError(self._last_error)
         try:
             self.scope.snap(z, self._exposure, out=buffer)
         except Exception as e:
