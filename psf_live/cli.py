@@ -148,6 +148,10 @@ def calibrate_depth(
         "signed", "--features", help="signed (default), eq14 (paper), signed-cubic, eq14-cubic."
     ),
     lens_axis_deg: float = typer.Option(45.0, "--lens-axis-deg", help="Cylindrical lens axis."),
+    fit: str = typer.Option(
+        "inverse", "--fit",
+        help="inverse (unbiased tilts, default) or forward (least per-patch error; cubics).",
+    ),
     min_r2: float = typer.Option(0.9, "--min-r2", help="Refuse fits with a lower R^2."),
     config: str = typer.Option(
         None, "--config", "-c", help="Acquire live from this scope (.cfg; 'sim' = simulator)."
@@ -221,7 +225,7 @@ def calibrate_depth(
         cal = calibrate_frames(
             est, frames, frame_tilts, axis=axis,  # type: ignore[arg-type]
             pixel_size_um=px, features=features, lens_axis=math.radians(lens_axis_deg),
-            min_r2=min_r2,
+            min_r2=min_r2, fit=fit,
         )
     except CalibrationError as exc:
         raise fail(f"calibration refused: {exc}") from None
@@ -234,7 +238,8 @@ def calibrate_depth(
     r = cal.report
     cal.save(output)
     typer.echo(
-        f"calibration ({cal.features}, network {cal.network['name']!r}): R^2 {r['r2']:.4f} "
+        f"calibration ({cal.features}, {cal.fit} fit, network {cal.network['name']!r}): "
+        f"R^2 {r['r2']:.4f} "
         f"(inliers {r['r2_inliers']:.4f}), residual {r['rms_um']:.2f} um RMS, "
         f"{r['n_outliers']}/{r['n_patches']} outliers -> {output}"
     )

@@ -105,7 +105,8 @@ def test_calibration_recovers_geometry_robustly(features):
     rng = np.random.default_rng(2)
     maps = _maps([3, 6, 10, 3, 6, 10], rng, focus_noise=0.01, axis_noise=0.02,
                  invalid_fraction=0.1, outlier_fraction=0.05)
-    cal = fit_calibration(maps, [3, 6, 10, 3, 6, 10], features=features)
+    cal = fit_calibration(maps, [3, 6, 10, 3, 6, 10], features=features,
+                          fit="forward" if features.endswith("-cubic") else "inverse")
     # Eq. 14 is -f/2 beyond focus; defocus_um_to_waves is 1/60 wave per um at NA 0.25
     if features == "eq14":
         assert cal.coef[1] == pytest.approx(-120.0, rel=0.02)
@@ -128,8 +129,8 @@ def test_cubic_helps_a_nonlinear_response():
     for m in maps:
         f = m.params[..., 0]
         m.params[..., 0] = f - 0.25 * f**3  # compressive, still monotone on [0, 1]
-    lin = fit_calibration(maps, [3, 6, 10], features="signed")
-    cub = fit_calibration(maps, [3, 6, 10], features="signed-cubic")
+    lin = fit_calibration(maps, [3, 6, 10], features="signed", fit="forward")
+    cub = fit_calibration(maps, [3, 6, 10], features="signed-cubic", fit="forward")
     assert cub.report["rms_um"] < 0.5 * lin.report["rms_um"]
 
 
@@ -249,3 +250,21 @@ def test_clean_depth_removes_isolated_errors_only():
     assert np.isfinite(c).sum() == d.size - 3
     # a steep but smooth plane keeps every patch
     assert np.isfinite(clean_depth(d, CY, CX)).all()
+
+
+def test_inverse_fit_keeps_the_tilt_under_metric_noise():
+    """Noise in the metric shrinks a forward fit's slope; the inverse fit keeps it."""
+    rng = np.random.default_rng(11)
+    maps = _maps([6, 10, 6, 10], rng, focus_noise=0.12)
+    fwd = fit_calibration(maps, [6, 10, 6, 10], fit="forward", min_r2=0.0)
+    inv = fit_calibration(maps, [6, 10, 6, 10], fit="inverse", min_r2=0.0)
+    test = _maps([8, 8, 8], np.random.default_rng(12), focus_noise=0.12)
+    t_f = np.mean([fit_depth_plane(depth_map(m, fwd), CY, CX, PX, SHAPE).tilt_x_deg
+                   for m in test])
+    t_i = np.mean([fit_depth_plane(depth_map(m, inv), CY, CX, PX, SHAPE).tilt_x_deg
+                   for m in test])
+    assert t_f < 7.7  # shrunk by the noise
+    assert t_i == pytest.approx(8.0, abs=0.25)
+    assert inv.fit == "inverse" and DepthCalibration.from_dict(inv.to_dict()).fit == "inverse"
+    with pytest.raises(CalibrationError, match="linear model"):
+        fit_calibration(maps, [6, 10, 6, 10], features="signed-cubic", fit="inverse")

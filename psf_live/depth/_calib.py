@@ -215,6 +215,11 @@ class DepthCalibration:
         :class:`FitReport` of the fit.
     tilts_deg : list of float
         Tilt of each calibration image.
+    fit : str
+        ``inverse`` (metric regressed on the true depth, then inverted: unbiased slopes,
+        so plane tilts are not shrunk by noise in the metric) or ``forward`` (true depth
+        regressed on the features: least per-patch error, but a noisy metric shrinks
+        the depth range and the tilt towards zero).
     """
 
     features: str
@@ -229,6 +234,7 @@ class DepthCalibration:
     depth_range_um: list[float] = field(default_factory=lambda: [0.0, 0.0])
     report: dict[str, Any] = field(default_factory=dict)
     tilts_deg: list[float] = field(default_factory=list)
+    fit: str = "inverse"
     version: int = CALIBRATION_VERSION
     source: str = field(default="", compare=False)
     """File the calibration was read from (not saved; used in error messages)."""
@@ -559,6 +565,7 @@ def fit_calibration(
     features: str = "signed",
     lens_axis: float = DEFAULT_LENS_AXIS,
     min_r2: float = MIN_R2,
+    fit: str = "inverse",
 ) -> DepthCalibration:
     """Fit a depth calibration on PSF maps of a tilted grid of known geometry.
 
@@ -581,6 +588,12 @@ def fit_calibration(
         Calibration model (:data:`~psf_live.depth.FEATURE_SETS`).
     lens_axis : float
         Cylindrical lens axis (radians).
+    fit : {"inverse", "forward"}
+        ``inverse`` (default, linear models only): fit ``metric = a + b depth`` and
+        invert it, ``depth = (metric - a) / b`` (classical calibration: noise in the
+        metric does not shrink the slope, so tilts are unbiased). ``forward``: fit
+        ``depth = coef . features`` (least error per patch when the metric is noisy,
+        but depth and tilt shrink towards zero; needed for the cubic models).
     min_r2 : float
         Refuse fits whose R^2 over the inliers (patches the robust fit keeps with weight
         >= 1/2) is below this; the report also gives the R^2 over all valid patches.
@@ -632,7 +645,17 @@ def fit_calibration(
     X = np.concatenate(xs)
     y = np.concatenate(ys)
     ii = np.concatenate(idx)
-    coef, w = robust_lstsq(X, y)
+    if fit not in ("inverse", "forward"):
+        raise CalibrationError(f"unknown fit {fit!r} (inverse or forward)")
+    if fit == "inverse":
+        if X.shape[1] != 2:
+            raise CalibrationError(f"the inverse fit needs a linear model, not {features}")
+        ab, w = robust_lstsq(np.stack([np.ones_like(y), y], axis=1), X[:, 1])
+        if abs(ab[1]) < 1e-12:
+            raise CalibrationError("the depth metric does not change with depth (slope 0)")
+        coef = np.array([-ab[0] / ab[1], 1.0 / ab[1]])
+    else:
+        coef, w = robust_lstsq(X, y)
     base = X[:, 1]
     lo, hi = float(base.min()), float(base.max())
     if X.shape[1] == 3:
@@ -688,4 +711,5 @@ def fit_calibration(
         depth_range_um=[float(y.min()), float(y.max())],
         report=report.to_dict(),
         tilts_deg=[float(t) for t in tilts_deg],
+        fit=fit,
     )

@@ -91,6 +91,7 @@ def calibrate_frames(
     features: str = "signed",
     lens_axis: float = DEFAULT_LENS_AXIS,
     min_r2: float = MIN_R2,
+    fit: str = "inverse",
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
 ) -> DepthCalibration:
     """Map every calibration frame and fit a :class:`DepthCalibration` on the maps.
@@ -103,7 +104,7 @@ def calibrate_frames(
         2D frames of a tilted grid, in-focus line through the centre of the field.
     tilts_deg : sequence of float
         Tilt of each frame.
-    axis, pixel_size_um, features, lens_axis, min_r2
+    axis, pixel_size_um, features, lens_axis, min_r2, fit
         See :func:`~psf_live.depth.fit_calibration`.
     progress : callable, optional
         Wraps the frame iterable (e.g. ``tqdm``).
@@ -116,7 +117,7 @@ def calibrate_frames(
     maps = [mapper.map(f) for f in it]
     return fit_calibration(
         maps, tilts_deg, axis=axis, pixel_size_um=pixel_size_um, features=features,
-        lens_axis=lens_axis, min_r2=min_r2,
+        lens_axis=lens_axis, min_r2=min_r2, fit=fit,
     )
 
 
