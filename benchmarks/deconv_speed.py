@@ -1,0 +1,95 @@
+"""TV-RL speed on 2 CPU cores (issue 5 targets) and scikit-image richardson_lucy for scale.
+
+Prints the median wall time of ``richardson_lucy_tv`` (20 iterations, lambda 0.1,
+field extension, kernel support trimmed to 99.9 % energy) for
+
+* 256x256 with 4 Zernike-defocus PSFs (2x2 grid)      target <= 50 ms
+* 1024x1024 with 64 PSFs (8x8 grid, stride 128)       target <= 1.5 s
+
+and ``skimage.restoration.richardson_lucy`` on the same 1024x1024 image with one
+PSF and 20 iterations, with the ratio. Kernel rendering is timed separately
+(the live path caches kernels). Run: ``.venv/bin/python benchmarks/deconv_speed.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+
+def _median_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--max-focus", type=float, default=0.6, help="Zernike focus range (waves)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    from skimage.restoration import richardson_lucy
+
+    from psf_live.deconv import richardson_lucy_tv, trim_kernels
+    from psf_live.psf import get_model, render_psf
+
+    rng = np.random.default_rng(0)
+    model = get_model("zernike1")
+    print(
+        f"torch {torch.__version__}, {a.threads} threads, cpu count {os.cpu_count()}, "
+        f"load avg {os.getloadavg()[0]:.1f}"
+    )
+    results = {}
+    for n, g, target in ((256, 2, 0.050), (1024, 8, 1.5)):
+        centers = (np.arange(g) + 0.5) * n / g
+        focus = rng.uniform(0.0, a.max_focus, (g * g, 1)).astype(np.float32)
+        t = time.perf_counter()
+        ks = render_psf(model, focus)
+        t_render = time.perf_counter() - t
+        img = rng.uniform(50, 200, (n, n)).astype(np.float32)
+        k_trim = trim_kernels(ks).shape[-1]
+        dt = _median_time(
+            lambda img=img, ks=ks, c=centers: richardson_lucy_tv(
+                img, ks, num_iter=20, lambda_tv=0.1, centers_y=c, centers_x=c, device="cpu"
+            ),
+            a.repeats,
+        )
+        results[n] = dt
+        ok = "OK" if dt <= target else "MISSED"
+        print(
+            f"TV-RL {n}x{n}, {g * g} PSFs (kernels {ks.shape[-1]} -> {k_trim} px), "
+            f"20 it: {dt * 1e3:.0f} ms median (target {target * 1e3:.0f} ms) {ok}; "
+            f"rendering {g * g} kernels {t_render * 1e3:.0f} ms"
+        )
+        if n == 1024:
+            one = trim_kernels(ks[:1])[0].numpy().astype(np.float64)
+            img64 = (img / img.max()).astype(np.float64)
+            dts = _median_time(
+                lambda im=img64, k=one: richardson_lucy(im, k, num_iter=20, clip=False),
+                max(1, a.repeats // 2),
+            )
+            dt1 = _median_time(
+                lambda im=img, k=one: richardson_lucy_tv(
+                    im, k, num_iter=20, lambda_tv=0.1, device="cpu"
+                ),
+                a.repeats,
+            )
+            print(
+                f"skimage richardson_lucy 1024x1024, 1 PSF ({one.shape[0]} px), 20 it: "
+                f"{dts * 1e3:.0f} ms; ours 1 PSF {dt1 * 1e3:.0f} ms; "
+                f"ours 64 PSFs / skimage 1 PSF = {dt / dts:.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
