@@ -582,17 +582,18 @@ class PSFLivePanel(QtWidgets.QWidget):
         """Re-derive the camera display levels from the next frame."""
         self._cam_levels = None
 
-    def _focus_values(self, m: Any) -> tuple[np.ndarray, str] | None:
+    def _focus_values(self, m: Any) -> tuple[np.ndarray, str, str, tuple[float, float]] | None:
+        """Focus map, its label, colour map and default levels."""
         from psf_live.estimate import focus_map, signed_defocus
 
         names = m.param_names
         if "focus" in names and "axis" in names:
             vals = signed_defocus(m.param("focus"), m.param("axis"))
-            return vals, "signed defocus (waves RMS)"
+            return vals, "signed defocus (waves RMS)", "CET-D1", (-0.6, 0.6)
         fm = focus_map(m)
         if fm is None:
             return None
-        return fm[0], f"{fm[1]} ({fm[2]})"
+        return fm[0], f"{fm[1]} ({fm[2]})", "viridis", _param_range(m, fm[1])
 
     def _show_map(self, m: Any, timings: Any) -> None:
         self._last_map = m
@@ -603,17 +604,20 @@ class PSFLivePanel(QtWidgets.QWidget):
         if fv is None:
             self.focus_view.clear_map(f"{m.psf_model}: no focus parameter")
         else:
-            self.focus_view.set_label(fv[1])
+            self.focus_view.configure(fv[1], fv[2], fv[3])
             self.focus_view.set_map(fv[0], valid, rect)
         if "cylinder" in m.param_names:
             cyl = m.param("cylinder")
+            self.astig_view.configure("cylinder (waves RMS)", "viridis", (0.0, 0.5))
             self.astig_view.set_map(cyl, valid, rect)
             self._draw_axes(m, valid)
         elif "width_x" in m.param_names:
             aniso = m.param("width_x") - m.param("width_y")
-            self.astig_view.set_label("width_x - width_y (px)")
+            self.axis_lines.setData([], [])
+            self.astig_view.configure("width_x - width_y (px)", "CET-D1", (-2.0, 2.0))
             self.astig_view.set_map(aniso, valid, rect)
         else:
+            self.axis_lines.setData([], [])
             self.astig_view.clear_map(f"{m.psf_model}: no astigmatism")
         if self.calibration is not None:
             try:
@@ -735,3 +739,15 @@ class PSFLivePanel(QtWidgets.QWidget):
         """Close cleanly: threads joined, camera stopped."""
         self.shutdown()
         super().closeEvent(event)
+
+
+def _param_range(m: Any, name: str) -> tuple[float, float]:
+    """Default colour levels for a parameter: its training range, else (0, 1)."""
+    with contextlib.suppress(Exception):
+        from psf_live.psf import get_model
+
+        pm = get_model(m.psf_model)
+        key = name if name in pm.param_names else pm.param_names[0]
+        lo, hi = pm.ranges[pm.param_names.index(key)]
+        return float(lo), float(hi)
+    return 0.0, 1.0

@@ -89,6 +89,7 @@ class HeatmapView(pg.GraphicsLayoutWidget):  # type: ignore[misc]
             label=label, interactive=True, rounding=_rounding(levels), width=14,
         )
         self.cbar.setImageItem(self.image, insert_in=self.plot)
+        self.quantity = label
         self.message = pg.TextItem("", color="#dddddd", anchor=(0.5, 0.5))
         self.message.setFont(_small_font(11))
         self.message.setZValue(10)
@@ -99,6 +100,16 @@ class HeatmapView(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         """Return the current (low, high) colour levels."""
         lo, hi = self.cbar.levels()
         return float(lo), float(hi)
+
+    def configure(self, label: str, cmap: str, levels: tuple[float, float]) -> None:
+        """Switch quantity: label, colour map and default levels (once, not per frame)."""
+        if label == self.quantity:
+            return
+        self.quantity = label
+        self.set_label(label)
+        self.cbar.setColorMap(pg.colormap.get(cmap, source=_cmap_source(cmap)))
+        self.cbar.rounding = _rounding(levels)
+        self.set_levels(*levels)
 
     def set_label(self, text: str) -> None:
         """Set the colour bar label (quantity and unit)."""
