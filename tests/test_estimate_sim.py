@@ -40,6 +40,10 @@ def test_tilt_along_x_sign_recovered(est: Estimator, tilt: float) -> None:
     # the signed defocus grows along x with the sign of the tilt ...
     fit = fit_plane(s, m.centers_y, m.centers_x, m.valid, 0.64)
     assert np.sign(fit.slope_x) == np.sign(tilt)
+    from psf_live.psf import Optics, defocus_um_to_waves
+
+    expected = math.tan(math.radians(tilt)) * defocus_um_to_waves(1.0, Optics())  # waves/um
+    assert 0.5 < fit.slope_x / expected < 2.0
     # ... and does not change along y
     assert abs(fit.slope_y) < 0.25 * abs(fit.slope_x)
     # the unsigned focus is smallest near the in-focus line (the centre column)
