@@ -152,6 +152,11 @@ def run(n_images: int, seed: int, peak: float, read_sigma: float, png: str | Non
                 if k == "blurry":
                     continue
                 scores.setdefault(k, []).append((snr_db(x, v) - b_snr, ssim(x, v) - b_ssim))
+            if (i + 1) % 10 == 0:
+                run_means = "  ".join(
+                    f"{k} {np.mean([q[0] for q in v]):+.2f}" for k, v in scores.items()
+                )
+                print(f"  [{deg} {i + 1}/{n_images}] dSNR so far: {run_means}", flush=True)
             if png and i == 0 and deg == "Z-1":
                 _png(png, x, y, res["gt"], res.get(f"ours[{next(iter(ests), '')}]"))
         dt = time.perf_counter() - t0
