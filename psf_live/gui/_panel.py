@@ -155,7 +155,7 @@ class PSFLivePanel(QtWidgets.QWidget):
         self.camera_plot.setMenuEnabled(False)
         self.camera_image = pg.ImageItem(axisOrder="row-major")
         self.overlay_image = pg.ImageItem(axisOrder="row-major")
-        self.overlay_image.setOpacity(0.45)
+        self.overlay_image.setOpacity(0.4)
         self.overlay_hatch = pg.ImageItem(axisOrder="row-major")
         self.overlay_hatch.setOpacity(0.6)
         for item in (self.camera_image, self.overlay_image, self.overlay_hatch):
