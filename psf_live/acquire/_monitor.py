@@ -154,6 +154,9 @@ def run_demo(
     h, w = core.getImageHeight(), core.getImageWidth()
     echo(f"psf-live demo: simulated microscope, camera {cam!r} {w}x{h}, {frames} frames")
     echo(f"estimator: {estimator!r}")
+    r2 = (getattr(estimator, "meta", {}).get("metrics") or {}).get("r2")
+    if trained and r2 is not None:
+        echo(f"model test R^2 {float(r2):.2f} (from its model card)")
     truth, lens_axis = _scene_truth(core)
     if truth:
         echo(f"ground truth: {truth}")
