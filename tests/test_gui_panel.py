@@ -374,5 +374,13 @@ def test_record_writes_a_readable_store(qtbot: Any, core: Any, tmp_path: Path) -
     panel.record_button.click()
     assert panel.recorder is None and "exists" in panel.status.text()
     assert not panel.record_button.isChecked()
+    # closing while recording stops the recorder and closes its store
+    panel.record_path.setText(str(tmp_path / "second.zarr"))
+    panel.record_button.click()
+    rec = panel.recorder
+    assert rec is not None
+    qtbot.waitUntil(lambda: rec.written >= 1, timeout=MAP_TIMEOUT_MS)
     panel.close()
+    assert panel.recorder is None
+    assert store.verify_store(tmp_path / "second.zarr")["ok"]
     assert [t for t in threading.enumerate() if t.name == "psf-live-recorder"] == []

@@ -303,6 +303,8 @@ class PSFLivePanel(QtWidgets.QWidget):
             if key in ("focus", "tilt_x", "tilt_y"):
                 lab.setFont(big)
             self.readouts[key] = lab
+            if key == "dropped":
+                lab.setToolTip("frames not mapped because a newer one arrived (newest wins)")
             form.addRow(text, lab)
         return box
 
