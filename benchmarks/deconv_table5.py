@@ -99,7 +99,7 @@ def run(n_images: int, seed: int, peak: float, read_sigma: float, png: str | Non
     from psf_live.estimate._map import psf_kernels
     from psf_live.psf import OverlapAdd, add_noise, get_model, render_psf
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # quality benchmark: one thread, no oversubscription
     ests = load_estimators()
     names = ", ".join(f"{k}={v.meta.get('name', '?')}" for k, v in ests.items())
     print(
