@@ -384,3 +384,27 @@ def test_record_writes_a_readable_store(qtbot: Any, core: Any, tmp_path: Path) -
     assert panel.recorder is None
     assert store.verify_store(tmp_path / "second.zarr")["ok"]
     assert [t for t in threading.enumerate() if t.name == "psf-live-recorder"] == []
+
+
+def test_model_switch_while_live(qtbot: Any, core: Any, tiny_path: Path, tmp_path: Path) -> None:
+    from test_estimate_estimator import make_tiny
+
+    net, card = make_tiny("gaussian1")
+    g1 = models.save_model(net, card, tmp_path / "tiny_g1.pt")
+    panel = PSFLivePanel(core, model=tiny_path, stride=128)
+    qtbot.addWidget(panel)
+    panel.start_live()
+    _wait_maps(qtbot, panel, 1)
+    assert panel.focus_view.quantity == "signed defocus (waves RMS)"
+    panel.model_combo.setEditText(str(g1))
+    panel._on_model_chosen()  # what choosing / typing a model does
+    assert panel.readouts["model"].text() == "tiny-gaussian1"
+    assert panel.is_live() and panel.mapper is not None
+    _wait_maps(qtbot, panel, 2)
+    assert panel._last_map.psf_model == "gaussian1"
+    assert panel.focus_view.quantity == "width (px)"
+    assert panel.focus_view.levels() == pytest.approx((0.5, 8.0))  # the model's range
+    assert panel.astig_view.image.image is None
+    assert "no astigmatism" in panel.astig_view.message.toPlainText()
+    panel.close()
+    assert _psf_threads() == []
