@@ -103,6 +103,7 @@ def score(psf_model: str, r: dict[str, torch.Tensor], use_weight: bool = True) -
 
 
 _BANKS: dict[tuple[str, int], PSFBank] = {}
+BANK_SIZE = [512]
 
 
 def _stream(
@@ -110,7 +111,7 @@ def _stream(
 ) -> PatchStream:
     key = (psf_model, seed)
     if key not in _BANKS:  # one kernel bank per model and seed (rendering is the slow part)
-        _BANKS[key] = PSFBank(psf_model, 512, seed + 2_000_003)
+        _BANKS[key] = PSFBank(psf_model, BANK_SIZE[0], seed + 2_000_003)
     return PatchStream(
         psf_model, "test", seed, types=types, degrade=cfg, bank=_BANKS[key], pool=pool, refresh=0.0
     )
@@ -327,10 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table4-only", action="store_true")
     p.add_argument("--out", type=Path, default=Path("eval_out"))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--bank-size", type=int, default=512, help="Zernike kernels rendered for the test"
+    )
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
+    BANK_SIZE[0] = a.bank_size
     report: dict[str, Any] = {}
     table4: dict[str, dict[str, float]] = {}
     for spec in a.model.split(","):
