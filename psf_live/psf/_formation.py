@@ -163,10 +163,15 @@ class OverlapAdd:
         # Window origins in padded coordinates (image padded by r + slack so
         # every window fits); supports shorter than the max start at their own
         # start and extend to the right (extra content is masked to zero).
-        self._pad_y = r + self._sy
-        self._pad_x = r + self._sx
+        # Minimal padding (r before, enough after for the last window): the
+        # padded frame is barely larger than the frame, so the per-call
+        # allocations stay proportional to the frame area.
+        self._pad_y = r
+        self._pad_x = r
         self._oy = [a - r + self._pad_y for a, _ in ys]
         self._ox = [a - r + self._pad_x for a, _ in xs]
+        self._hi_y = max(max(self._oy) + self._wh - (H + self._pad_y), r)
+        self._hi_x = max(max(self._ox) + self._ww - (W + self._pad_x), r)
         dev = self.device
         wy_t = torch.as_tensor(wy, device=dev)
         wx_t = torch.as_tensor(wx, device=dev)
@@ -209,13 +214,13 @@ class OverlapAdd:
             raise ValueError(f"expected an image of shape {self.shape}, got {tuple(x.shape)}")
         return torch.nn.functional.pad(
             x.to(self.device, torch.float32),
-            (self._pad_x, self._pad_x + self._ww, self._pad_y, self._pad_y + self._wh),
+            (self._pad_x, self._hi_x, self._pad_y, self._hi_y),
         )
 
     def _scatter(self, windows: torch.Tensor) -> torch.Tensor:
         H, W = self.shape
         out = torch.zeros(
-            (H + 2 * self._pad_y + self._wh, W + 2 * self._pad_x + self._ww), device=self.device
+            (H + self._pad_y + self._hi_y, W + self._pad_x + self._hi_x), device=self.device
         )
         C = self.grid[1]
         for m in range(windows.shape[0]):
