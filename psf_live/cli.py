@@ -405,6 +405,102 @@ def deconvolve(
 
 
 @app.command()
+def record(
+    output: str = typer.Option(..., "--output", "-o", help="Session store (.zarr) to create."),
+    config: str = typer.Option(None, "--config", help="Micro-Manager .cfg (default: simulator)."),
+    frames: int = typer.Option(None, "--frames", "-n", min=1, help="Time points (default 10)."),
+    duration: float = typer.Option(None, "--duration", min=0.0, help="Seconds (instead of -n)."),
+    interval_ms: float = typer.Option(0.0, "--interval-ms", min=0.0, help="Time step, ms."),
+    z_range: tuple[float, float] = typer.Option(
+        None, "--z-range", help="Z-stack bottom and top (um) at every time point."
+    ),
+    z_step: float = typer.Option(1.0, "--z-step", min=1e-6, help="Z-stack step (um)."),
+    deconvolve: bool = typer.Option(False, "--deconvolve", help="TV-RL every frame too."),
+    model: str = typer.Option(None, "--model", "-m", help="Shipped model name or weights path."),
+    calibration: str = typer.Option(None, "--calibration", help="Depth calibration JSON."),
+    fail_at_frame: int = typer.Option(
+        -1, "--sim-fail-at", hidden=True, help="Simulated camera fails at this frame (tests)."
+    ),
+    sensor: int = typer.Option(None, "--sim-size", hidden=True, help="Simulated sensor side."),
+) -> None:
+    """Record an MDA: every raw frame, its PSF map and validity (depth, TV-RL) to one store."""
+    from pathlib import Path
+
+    from psf_live.acquire import open_core
+    from psf_live.record import record as run_record
+
+    if frames is not None and duration is not None:
+        raise fail("give --frames or --duration, not both")
+    out = Path(output)
+    if out.exists():
+        raise fail(f"{output}: already exists")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise fail(f"{output}: directory {parent} does not exist")
+    import os
+
+    if not os.access(parent, os.W_OK):
+        raise fail(f"{output}: directory {parent} is not writable")
+    cal = None
+    if calibration is not None:
+        from psf_live.depth import DepthCalibration
+
+        try:
+            cal = DepthCalibration.load(calibration)
+        except Exception as exc:
+            raise fail(str(exc) if calibration in str(exc) else f"{calibration}: {exc}") from None
+    name = model or (cal.network.get("name") if cal is not None else None)
+    try:
+        est = _load_estimator(name)
+    except Exception as exc:
+        raise fail(f"cannot load model {name or 'zernike3'!r}: {exc}") from None
+    if cal is not None:
+        try:
+            cal.check_network(dict(getattr(est, "meta", {}) or {}), where=calibration)
+        except Exception as exc:
+            raise fail(str(exc).splitlines()[0]) from None
+    try:
+        core = open_core(config)
+    except Exception as exc:
+        raise fail(str(exc).splitlines()[0] if str(exc) else f"{config}: cannot load") from None
+    cam = core.getCameraDevice()
+    if sensor is not None:
+        core.setProperty(cam, "SensorWidth", sensor)
+        core.setProperty(cam, "SensorHeight", sensor)
+    if fail_at_frame >= 0:
+        core.setProperty(cam, "FailAtFrame", fail_at_frame)
+    zr = None if not z_range or z_range[0] is None else (float(z_range[0]), float(z_range[1]))
+    try:
+        res = run_record(
+            core, output, est, frames=frames if duration is None else None,
+            duration_s=duration, interval_ms=interval_ms, z_range=zr, z_step=z_step,
+            calibration=cal, deconvolve=deconvolve, progress=True,
+            metadata={"config": str(config) if config else "simulator"},
+        )
+    except KeyboardInterrupt as exc:
+        r = getattr(exc, "result", None)
+        if r is not None:
+            typer.echo(
+                f"interrupted: store closed; frames written {r.written}, mapped {r.mapped}, "
+                f"deconvolved {r.deconvolved} -> {output}", err=True,
+            )
+        raise typer.Exit(130) from None
+    except OSError as exc:
+        raise fail(f"{output}: {exc}") from None
+    finally:
+        core.unloadAllDevices()
+    typer.echo(
+        f"frames acquired {res.acquired}, written {res.written}, mapped {res.mapped}"
+        + (f" ({res.map_failed} invalid)" if res.map_failed else "")
+        + (f", deconvolved {res.deconvolved}" if deconvolve else "")
+        + f"; {res.write_rate:.1f} frames/s to disk, max queue {res.max_queue} "
+        f"(bound {res.memory_bound_mb:.0f} MB) -> {output}"
+    )
+    if res.error:
+        raise fail(res.error)
+
+
+@app.command()
 def verify(
     store: str = typer.Argument(..., help="Session store (.zarr)."),
     json_: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
