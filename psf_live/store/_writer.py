@@ -356,9 +356,13 @@ def verify_store(path: str | Path, required: Sequence[str] = ("raw",)) -> dict[s
             "chunks_present": present,
         }
     n_raw = complete.get("raw", 0)
+    notes: list[str] = report.setdefault("notes", [])
     for name in ("params", "valid", "depth"):
         if name in complete and complete[name] < n_raw:
-            problems.append(f"{name}: {complete[name]} frames, raw has {n_raw}")
+            msg = f"{name}: {complete[name]} frames, raw has {n_raw}"
+            # a recording stopped by a crash may have raw frames whose maps were not
+            # written yet: not damage (frames counts the complete ones), unless closed
+            (problems if "closed" in report["metadata"] else notes).append(msg)
     frames = min([n_raw, *[complete[k] for k in ("params", "valid", "depth") if k in complete]])
     report["frames"] = frames
     report["deconvolved"] = complete.get("deconvolved", 0)
