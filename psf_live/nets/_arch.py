@@ -34,7 +34,8 @@ class CompactNet(nn.Module):
 
     A 4 x 4 stride-4 patch-embedding stem (every pixel of the patch is seen, so
     fine, in-focus texture survives), then 3 x 3 conv/BN/ReLU stages with two
-    early stride-2 reductions (32 -> 16 -> 8; ~0.9 GFLOP per 64 patches), mean+max global pooling and a small MLP head.
+    early stride-2 reductions (32 -> 16 -> 8; ~0.9 GFLOP per 64 patches), mean+max
+    global pooling and a small MLP head.
 
     Parameters
     ----------
