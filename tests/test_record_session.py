@@ -132,6 +132,7 @@ def test_disk_full_is_reported_and_store_marked(
     assert res.written == 2
     rep = verify_store(tmp_path / "full.zarr")
     assert rep["ok"] and rep["frames"] == 2  # the counters mark exactly what is complete
+    assert "No space left" in rep["metadata"]["incomplete"]  # and the store says why
 
 
 @pytest.mark.parametrize("kind", ["zero", "saturated", "nan", "inf"])

@@ -3,15 +3,17 @@
 Threads::
 
     MDA thread --frameReady--> raw queue (bounded, blocking put = back-pressure)
-    writer thread: raw queue -> store "raw" -> LiveMapper.submit (mode "all", blocking)
+    writer thread: raw queue -> store "raw" -> index queue
+    feeder thread: reads the frame back -> LiveMapper.submit (mode "all", blocking)
     mapper worker (LiveMapper): map -> store "params", "valid" (+ "depth")
     deconvolution worker (optional): reads the raw frame back from the store,
         TV-RL with its map -> store "deconvolved" (may lag; only indices queue up)
 
 Memory bound: at most ``queue_frames`` raw frames wait for the writer and at most
 ``map_queue`` more wait for the mapper (LiveMapper queue), so the buffered raw data is
-``(queue_frames + map_queue + 2) * frame bytes``; the deconvolution backlog holds only
-frame indices and PSF maps (a few kB each). When the disk or the mapper is slower than
+``(queue_frames + map_queue + 2) * frame bytes``. The mapper and the deconvolver may
+lag behind the disk: their backlogs hold only frame indices (and PSF maps, a few kB
+each); they read the raw frames back from the store. When the disk or the mapper is slower than
 the camera the MDA thread blocks in ``frameReady`` (back-pressure), it never drops.
 """
 
@@ -67,6 +69,7 @@ class RecordResult:
     interrupted: bool = False
     elapsed_s: float = 0.0
     write_rate: float = 0.0
+    map_elapsed_s: float = 0.0
     deconv_elapsed_s: float = 0.0
     max_queue: int = 0
     memory_bound_mb: float = 0.0
@@ -163,8 +166,11 @@ class RecordSession:
         self.mapper.events.mapReady.connect(self._on_map)
         self.mapper.events.mapFailed.connect(self._on_map_failed)
         self.mapper.start()
+        self._map_q: queue.Queue[Any] = queue.Queue()  # frame indices only
         self._writer_thread = threading.Thread(target=self._write_loop, name="record-writer")
         self._writer_thread.start()
+        self._feed_thread = threading.Thread(target=self._feed_loop, name="record-map-feed")
+        self._feed_thread.start()
         self._dec_thread: threading.Thread | None = None
         self._dec_stop = threading.Event()
         if deconvolve:
@@ -218,8 +224,18 @@ class RecordSession:
             except Exception as exc:
                 self._fail(f"{self.path}: writing frame {t} failed: {_one_line(exc)}")
                 continue
-            self.mapper.submit(item, copy=False)
+            self._map_q.put(t)  # the mapper may lag: it reads the frame back from disk
             t += 1
+        self._map_q.put(_STOP)
+
+    def _feed_loop(self) -> None:
+        while True:
+            t = self._map_q.get()
+            if t is _STOP:
+                break
+            with self._lock:
+                frame = np.asarray(self.writer._arrays["raw"][t])
+            self.mapper.submit(frame, copy=False)  # blocks while the mapper is busy
 
     # -- mapper callbacks (LiveMapper worker thread) ----------------------------------
     def _on_map(self, index: int, frame: np.ndarray, m: Any, timings: Any) -> None:
@@ -320,10 +336,12 @@ class RecordSession:
         """All frames are in: write and map what is queued (blocks)."""
         self._raw_q.put(_STOP)
         self._writer_thread.join()
-        self.mapper.stop(drain=True, timeout=600.0)
         if self._t_written:
             self.result.elapsed_s = self._t_written - self._t0
             self.result.write_rate = self.result.written / max(self.result.elapsed_s, 1e-9)
+        self._feed_thread.join()
+        self.mapper.stop(drain=True, timeout=3600.0)
+        self.result.map_elapsed_s = time.perf_counter() - self._t0
 
     def finish_deconvolution(self, wait: bool = True) -> None:
         """Wait for (``wait``) or abandon the deconvolution backlog; stop the worker."""
@@ -340,6 +358,11 @@ class RecordSession:
         """Close the store (trim, final counters) and return the counters."""
         self.finish_deconvolution(wait=False)
         with self._lock:
+            if self.result.error:  # the store says why it is short
+                with contextlib.suppress(Exception):
+                    self.writer.update_metadata(
+                        incomplete=self.result.error, interrupted=self.result.interrupted
+                    )
             self.writer.close()
         fr = self.writer.frames
         self.result.written = fr.get("raw", 0)
