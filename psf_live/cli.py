@@ -408,8 +408,12 @@ def deconvolve(
 def record(
     output: str = typer.Option(..., "--output", "-o", help="Session store (.zarr) to create."),
     config: str = typer.Option(None, "--config", help="Micro-Manager .cfg (default: simulator)."),
-    frames: int = typer.Option(None, "--frames", "-n", min=1, help="Time points (default 10)."),
-    duration: float = typer.Option(None, "--duration", min=0.0, help="Seconds (instead of -n)."),
+    frames: int | None = typer.Option(
+        None, "--frames", "-n", min=1, help="Time points (default 10)."
+    ),
+    duration: float | None = typer.Option(
+        None, "--duration", min=0.0, help="Seconds (instead of -n)."
+    ),
     interval_ms: float = typer.Option(0.0, "--interval-ms", min=0.0, help="Time step, ms."),
     z_range: tuple[float, float] = typer.Option(
         None, "--z-range", help="Z-stack bottom and top (um) at every time point."
@@ -472,7 +476,7 @@ def record(
     zr = None if not z_range or z_range[0] is None else (float(z_range[0]), float(z_range[1]))
     try:
         res = run_record(
-            core, output, est, frames=frames if duration is None else None,
+            core, output, est, frames=(frames or 10) if duration is None else None,
             duration_s=duration, interval_ms=interval_ms, z_range=zr, z_step=z_step,
             calibration=cal, deconvolve=deconvolve, progress=True,
             metadata={"config": str(config) if config else "simulator"},
