@@ -19,14 +19,48 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _has_display() -> bool:
+    """Tell whether a Qt window can be shown (a display and a Qt binding)."""
+    import importlib.util
+    import os
+    import sys
+
+    if os.environ.get("QT_QPA_PLATFORM", "") in {"offscreen", "minimal"}:
+        return False
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return False
+    return any(importlib.util.find_spec(m) for m in ("PySide6", "PyQt6", "PyQt5"))
+
+
 @app.command()
 def demo(
     frames: int = typer.Option(30, "--frames", "-n", min=1, help="Frames to map."),
     calibration: str = typer.Option(
         None, "--calibration", help="Depth calibration JSON: tilt in degrees."
     ),
+    gui: bool | None = typer.Option(
+        None,
+        "--gui/--no-gui",
+        help="Open the live panel (default: when a display exists), else print text.",
+        show_default=False,
+    ),
+    record_to: str = typer.Option(
+        None,
+        "--record",
+        help="Where the short demo recording goes (default: a new temporary folder).",
+    ),
 ) -> None:
-    """Run the whole product on the built-in simulated microscope (no hardware needed)."""
+    """Run the whole product on the built-in simulated microscope (no hardware needed).
+
+    With a display this opens the live panel (focus, astigmatism, depth, tilt). Without
+    one it streams frames through the live mapper, prints focus and tilt per frame, and
+    records a few frames (raw, PSF map, validity) to an OME-Zarr store it names.
+    """
+    import tempfile
+    from pathlib import Path
+
     from psf_live.acquire._monitor import run_demo
 
     cal = None
@@ -37,7 +71,16 @@ def demo(
             cal = DepthCalibration.load(calibration)
         except Exception as exc:
             raise fail(str(exc)) from None
-    run_demo(frames=frames, echo=typer.echo, calibration=cal)
+    if gui is None:
+        gui = _has_display()
+    if gui:
+        from psf_live.gui import run_gui
+
+        raise typer.Exit(run_gui(calibration=calibration))
+    if record_to is not None and Path(record_to).exists():
+        raise fail(f"{record_to}: already exists; choose a new path for the recording")
+    target = Path(record_to or Path(tempfile.mkdtemp(prefix="psf-live-demo-")) / "demo.zarr")
+    run_demo(frames=frames, echo=typer.echo, calibration=cal, record_path=target)
 
 
 @app.command()
@@ -100,7 +143,7 @@ def monitor(
         except Exception as exc:
             raise fail(str(exc)) from None
     try:
-        core = open_core(config)
+        core = open_core(config, headless=True)
     except Exception as exc:
         raise fail(str(exc)) from None
     try:
@@ -131,13 +174,16 @@ def calibrate_depth(
         None, help="TIFFs of the tilted grid (2D or stacks); omit with --config."
     ),
     tilt_deg: str = typer.Option(
-        ..., "--tilt-deg", "-t",
+        ...,
+        "--tilt-deg",
+        "-t",
         help="Tilts in degrees, e.g. 3,6,10: one per image, or per consecutive group of "
         "images (a stack's frames share its file's tilt).",
     ),
     output: str = typer.Option(..., "--output", "-o", help="Calibration JSON to write."),
     axis: str = typer.Option(
-        "x", "--axis",
+        "x",
+        "--axis",
         help="x: depth varies along x, positive tilt = +x side farther from the objective.",
     ),
     pixel_size_um: float = typer.Option(
@@ -149,7 +195,8 @@ def calibrate_depth(
     ),
     lens_axis_deg: float = typer.Option(45.0, "--lens-axis-deg", help="Cylindrical lens axis."),
     fit: str = typer.Option(
-        "inverse", "--fit",
+        "inverse",
+        "--fit",
         help="inverse (unbiased tilts, default) or forward (least per-patch error; cubics).",
     ),
     min_r2: float = typer.Option(0.9, "--min-r2", help="Refuse fits with a lower R^2."),
@@ -208,7 +255,7 @@ def calibrate_depth(
         from psf_live.acquire import open_core
 
         try:
-            core = open_core(None if config == "sim" else config)
+            core = open_core(None if config == "sim" else config, headless=True)
         except Exception as exc:
             raise fail(str(exc)) from None
         try:
@@ -223,9 +270,15 @@ def calibrate_depth(
         raise fail(f"cannot load model {model or 'zernike3'!r}: {exc}") from None
     try:
         cal = calibrate_frames(
-            est, frames, frame_tilts, axis=axis,  # type: ignore[arg-type]
-            pixel_size_um=px, features=features, lens_axis=math.radians(lens_axis_deg),
-            min_r2=min_r2, fit=fit,
+            est,
+            frames,
+            frame_tilts,
+            axis=axis,  # type: ignore[arg-type]
+            pixel_size_um=px,
+            features=features,
+            lens_axis=math.radians(lens_axis_deg),
+            min_r2=min_r2,
+            fit=fit,
         )
     except CalibrationError as exc:
         raise fail(f"calibration refused: {exc}") from None
@@ -274,7 +327,9 @@ def _acquire_depth_calibration(  # type: ignore[no-untyped-def]
             typer.prompt(
                 f"Tilt the grid by {t:+g} deg along {axis} (+{axis} side farther from the "
                 "objective), in-focus line through the centre; press Enter",
-                default="", show_default=False, prompt_suffix=" ",
+                default="",
+                show_default=False,
+                prompt_suffix=" ",
             )
 
     def snap():  # type: ignore[no-untyped-def]
@@ -355,7 +410,8 @@ def gui(
     import sys
 
     if sys.platform.startswith("linux") and not (
-        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        os.environ.get("DISPLAY")
+        or os.environ.get("WAYLAND_DISPLAY")
         or os.environ.get("QT_QPA_PLATFORM")
     ):
         raise fail("no display (DISPLAY/WAYLAND_DISPLAY unset); use `psf-live monitor` instead")
@@ -389,13 +445,20 @@ def deconvolve(
 
     try:
         res = deblur_file(
-            image, output, model=model, iterations=iterations, lambda_tv=lambda_tv,
-            psf_map=psf_map, stride=stride, overwrite=overwrite,
+            image,
+            output,
+            model=model,
+            iterations=iterations,
+            lambda_tv=lambda_tv,
+            psf_map=psf_map,
+            stride=stride,
+            overwrite=overwrite,
         )
     except ValueError as exc:
         msg = str(exc)
-        raise fail(msg if msg.startswith((image, output, str(psf_map))) else f"{image}: {msg}") \
-            from None
+        raise fail(
+            msg if msg.startswith((image, output, str(psf_map))) else f"{image}: {msg}"
+        ) from None
     except Exception as exc:
         raise fail(f"{image}: {type(exc).__name__}: {exc}") from None
     typer.echo(
@@ -464,7 +527,7 @@ def record(
         except Exception as exc:
             raise fail(str(exc).splitlines()[0]) from None
     try:
-        core = open_core(config)
+        core = open_core(config, headless=True)
     except Exception as exc:
         raise fail(str(exc).splitlines()[0] if str(exc) else f"{config}: cannot load") from None
     cam = core.getCameraDevice()
@@ -476,9 +539,17 @@ def record(
     zr = None if not z_range or z_range[0] is None else (float(z_range[0]), float(z_range[1]))
     try:
         res = run_record(
-            core, output, est, frames=(frames or 10) if duration is None else None,
-            duration_s=duration, interval_ms=interval_ms, z_range=zr, z_step=z_step,
-            calibration=cal, deconvolve=deconvolve, progress=True,
+            core,
+            output,
+            est,
+            frames=(frames or 10) if duration is None else None,
+            duration_s=duration,
+            interval_ms=interval_ms,
+            z_range=zr,
+            z_step=z_step,
+            calibration=cal,
+            deconvolve=deconvolve,
+            progress=True,
             metadata={"config": str(config) if config else "simulator"},
         )
     except KeyboardInterrupt as exc:
@@ -486,7 +557,8 @@ def record(
         if r is not None:
             typer.echo(
                 f"interrupted: store closed; frames written {r.written}, mapped {r.mapped}, "
-                f"deconvolved {r.deconvolved} -> {output}", err=True,
+                f"deconvolved {r.deconvolved} -> {output}",
+                err=True,
             )
         raise typer.Exit(130) from None
     except OSError as exc:

@@ -128,14 +128,22 @@ def test_monitor_cli_bad_config(tmp_path: Path) -> None:
     assert r.stderr.startswith("error:") and "nope.json" in r.stderr
 
 
-def test_demo_cli_runs_and_says_what_is_missing() -> None:
+def test_demo_cli_runs_records_and_says_what_is_missing(tmp_path: Path) -> None:
     from psf_live.cli import app
+    from psf_live.store import verify_store
 
-    r = runner.invoke(app, ["demo", "--frames", "2"])
+    store = tmp_path / "demo.zarr"
+    r = runner.invoke(app, ["demo", "--frames", "2", "--no-gui", "--record", str(store)])
     assert r.exit_code == 0, r.output
     out = r.stdout
     assert "simulated microscope" in out
     assert len([ln for ln in out.splitlines() if ln.startswith("frame")]) == 2
     assert "summary:" in out and "still missing:" in out
     assert "depth calibration" in out
+    assert f"recording: {store}" in out
+    report = verify_store(store)
+    assert report["ok"] and report["frames"] == 5
     assert not _threads()
+    # A second run refuses to overwrite the recording.
+    r = runner.invoke(app, ["demo", "--frames", "1", "--no-gui", "--record", str(store)])
+    assert r.exit_code != 0 and "already exists" in r.stderr

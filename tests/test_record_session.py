@@ -66,8 +66,21 @@ def test_record_deconvolve_zstack(tmp_path: Path) -> None:
     out = tmp_path / "d.zarr"
     r = runner.invoke(
         app,
-        ["record", "-o", str(out), "-n", "1", "--z-range", "-2", "2", "--z-step", "2",
-         "--deconvolve", "--sim-size", "256"],
+        [
+            "record",
+            "-o",
+            str(out),
+            "-n",
+            "1",
+            "--z-range",
+            "-2",
+            "2",
+            "--z-step",
+            "2",
+            "--deconvolve",
+            "--sim-size",
+            "256",
+        ],
     )
     assert r.exit_code == 0, r.output
     assert "written 3, mapped 3, deconvolved 3" in r.output
@@ -107,7 +120,9 @@ def test_output_not_writable(tmp_path: Path) -> None:
 
 
 def test_disk_full_is_reported_and_store_marked(
-    tmp_path: Path, estimator, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    estimator,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     from psf_live.record import RecordSession
 
@@ -137,7 +152,10 @@ def test_disk_full_is_reported_and_store_marked(
 
 @pytest.mark.parametrize("kind", ["zero", "saturated", "nan", "inf"])
 def test_bad_frames_give_invalid_maps_not_dead_workers(
-    tmp_path: Path, estimator, sim_frame, kind: str  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    estimator,
+    sim_frame,
+    kind: str,  # type: ignore[no-untyped-def]
 ) -> None:
     from psf_live.record import RecordSession
 
@@ -163,7 +181,8 @@ def test_bad_frames_give_invalid_maps_not_dead_workers(
 
 
 def test_frame_smaller_than_patch_is_a_clear_error(
-    tmp_path: Path, estimator  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    estimator,  # type: ignore[no-untyped-def]
 ) -> None:
     from psf_live.record import RecordSession
 
@@ -210,7 +229,10 @@ _FIX = [HealthCheck.function_scoped_fixture]
     dtype=st.sampled_from(["uint8", "uint16", "float32"]),
 )
 def test_mapper_shapes_dtypes_property(
-    estimator, h: int, w: int, dtype: str  # type: ignore[no-untyped-def]
+    estimator,
+    h: int,
+    w: int,
+    dtype: str,  # type: ignore[no-untyped-def]
 ) -> None:
     f = (np.random.default_rng(0).random((h, w)) * 200 + 10).astype(dtype)
     if h < 128 or w < 128:
@@ -219,3 +241,25 @@ def test_mapper_shapes_dtypes_property(
         return
     m = estimator.map(f)
     assert m.params.shape[:2] == m.valid.shape and np.isfinite(m.params[m.valid]).all()
+
+
+def test_headless_core_records_while_a_qt_app_exists(
+    qapp: object, tmp_path: Path, estimator
+) -> None:  # type: ignore[no-untyped-def]
+    """With a QApplication alive, pymmcore-plus would pick Qt signals; a blocking
+    recording would then never receive a frame. ``open_core(headless=True)`` keeps
+    psygnal delivery, so the recording completes."""
+    from psf_live.acquire import open_core
+    from psf_live.record import record
+
+    core = open_core(None, headless=True)
+    try:
+        assert "qsignals" not in type(core.mda.events).__module__
+        cam = core.getCameraDevice()
+        core.setProperty(cam, "SensorWidth", 256)
+        core.setProperty(cam, "SensorHeight", 256)
+        res = record(core, tmp_path / "q.zarr", estimator, frames=3)
+    finally:
+        core.unloadAllDevices()
+    assert res.error is None
+    assert res.acquired == res.written == res.mapped == 3

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,11 +106,52 @@ def _check_py_device(path: Path, n: int, line: str) -> None:
         )
 
 
-def open_core(config: str | Path | None = None) -> CMMCorePlus:
+def _declares_cpp_devices(text: str) -> bool:
+    """Tell whether the configuration loads C++ device adapters (``Device,`` lines)."""
+    return any(ln.strip().startswith("Device,") for ln in text.splitlines())
+
+
+@contextlib.contextmanager
+def _quiet_mm_discovery(quiet: bool) -> Iterator[None]:
+    """Raise the pymmcore-plus logger to CRITICAL while ``quiet`` (restored after)."""
+    log = logging.getLogger("pymmcore-plus")
+    old = log.level
+    if quiet:
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
+@contextlib.contextmanager
+def _signals_backend(backend: str | None) -> Iterator[None]:
+    """Set pymmcore-plus's ``PYMM_SIGNALS_BACKEND`` while a core is built (restored after)."""
+    key = "PYMM_SIGNALS_BACKEND"
+    old = os.environ.get(key)
+    if backend is not None:
+        os.environ[key] = backend
+    try:
+        yield
+    finally:
+        if backend is not None:
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def open_core(config: str | Path | None = None, *, headless: bool = False) -> CMMCorePlus:
     """Create a core and load a Micro-Manager configuration into it.
 
     Parameters
     ----------
+    headless : bool
+        Deliver the core's and the MDA's events with psygnal, on the thread that
+        emits them, even if a Qt application exists in this process. pymmcore-plus
+        otherwise switches to Qt signals, which reach their listeners only through a
+        running Qt event loop: a script that blocks while an MDA runs would never see
+        a frame. Command-line jobs (record, monitor, demo) open their core this way.
     config : str or Path, optional
         A ``.cfg`` file. ``None`` loads the default simulated microscope
         (``psf_live_sim.cfg``: tilted printed grid, cylindrical lens); the bare
@@ -144,14 +189,18 @@ def open_core(config: str | Path | None = None) -> CMMCorePlus:
     from pymmcore_plus import CMMCorePlus
 
     core: CMMCorePlus
-    if declares_python_devices(text):
-        from pymmcore_plus.experimental.unicore import UniMMCore
-
-        core = UniMMCore()
-    else:
-        core = CMMCorePlus()
+    python_only = declares_python_devices(text) and not _declares_cpp_devices(text)
     try:
-        core.loadSystemConfiguration(str(path))
+        # A scope made only of Python devices needs no Micro-Manager installation:
+        # silence pymmcore-plus's "could not find Micro-Manager" error for it.
+        with _quiet_mm_discovery(python_only), _signals_backend("psygnal" if headless else None):
+            if declares_python_devices(text):
+                from pymmcore_plus.experimental.unicore import UniMMCore
+
+                core = UniMMCore()
+            else:
+                core = CMMCorePlus()
+            core.loadSystemConfiguration(str(path))
     except Exception as e:
         msg = _one_line(str(e)) or type(e).__name__
         if "adapter" in msg.lower() or "not a known micro-manager" in msg.lower():

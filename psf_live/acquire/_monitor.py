@@ -6,11 +6,18 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from psf_live.estimate import DEFAULT_LENS_AXIS, DepthCalibration, FrameSummary, PSFMap
+from psf_live.estimate import (
+    DEFAULT_LENS_AXIS,
+    DepthCalibration,
+    FrameSummary,
+    PSFMap,
+    optics_tilt_deg,
+)
 
 from ._live import LiveMapper, LiveStats, MapTimings
 
@@ -123,6 +130,8 @@ def run_demo(
     stride: int | None = None,
     echo: Echo = print,
     calibration: DepthCalibration | None = None,
+    record_path: str | Path | None = None,
+    record_frames: int = 5,
 ) -> MonitorResult:
     """Run the first-contact job: the simulated scope streams, the live mapper maps, text out.
 
@@ -130,7 +139,8 @@ def run_demo(
     the shipped model (or, when no weights are shipped yet, an untrained network so
     that the pipeline still runs, saying so), maps ``frames`` frames live and prints
     focus and tilt per frame (in degrees with a depth ``calibration``), a summary, and
-    what is still missing.
+    what is still missing. With ``record_path`` it then records ``record_frames``
+    frames (raw, PSF map, validity) to an OME-Zarr store there and says so.
     """
     from psf_live.acquire import open_core
     from psf_live.estimate import Estimator
@@ -149,7 +159,8 @@ def run_demo(
             f"no shipped weights ({exc}); this runs an UNTRAINED network: its numbers only "
             "show that the pipeline runs, they are not estimates"
         )
-    core = open_core()
+    core = open_core(headless=True)
+    recorded = None
     cam = core.getCameraDevice()
     h, w = core.getImageHeight(), core.getImageWidth()
     echo(f"psf-live demo: simulated microscope, camera {cam!r} {w}x{h}, {frames} frames")
@@ -166,6 +177,12 @@ def run_demo(
         result = monitor(
             core, estimator, frames=frames, echo=echo, lens_axis=lens_axis, calibration=calibration
         )
+        if record_path is not None:
+            from psf_live.record import record
+
+            recorded = record(
+                core, record_path, estimator, frames=record_frames, calibration=calibration
+            )
     finally:
         _close(core)
     st = result.stats
@@ -180,10 +197,19 @@ def run_demo(
             f"({s[-1].plane_quantity}); median plane residual "
             f"{_median([x.residual for x in s]):.3f} {s[-1].plane_unit}"
         )
+        est = [t for t in (optics_tilt_deg(x) for x in s) if t is not None]
+        if est and calibration is None:
+            tx, ty = _median([t[0] for t in est]), _median([t[1] for t in est])
+            echo(f"  uncalibrated tilt (optics estimate): x {tx:+.2f} deg, y {ty:+.2f} deg")
     echo(
         f"  frames in {st.frames_in}, mapped {st.frames_mapped}, dropped {st.frames_dropped}; "
         f"map rate {st.map_rate:.1f}/s; median latency {st.latency_median * 1e3:.1f} ms"
     )
+    if recorded is not None:
+        echo(
+            f"recording: {recorded.path} (frames written {recorded.written}, mapped "
+            f"{recorded.mapped}); check it with `psf-live verify {recorded.path}`"
+        )
     if calibration is None:
         missing.append(
             "no depth calibration loaded: tilt is the slope of the signed defocus (waves per "
@@ -192,8 +218,8 @@ def run_demo(
             "--calibration cal.json` (or monitor) reports degrees"
         )
     missing.append(
-        "the demo is text only and records nothing: `psf-live gui` shows the live panel "
-        "(and records) when a display exists"
+        "this was the text demo: with a display, `psf-live demo` (or `psf-live gui`) opens the "
+        "live panel"
     )
     if not trained:
         missing.append("train/ship weights (python -m training.train), then rerun")

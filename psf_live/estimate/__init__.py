@@ -10,6 +10,7 @@ from ._summary import (
     PlaneFit,
     fit_plane,
     focus_map,
+    optics_tilt_deg,
     signed_defocus,
     summarize,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "fit_plane",
     "focus_map",
     "interpolate_map",
+    "optics_tilt_deg",
     "patch_centers",
     "patch_starts",
     "psf_kernels",

@@ -240,6 +240,39 @@ class FrameSummary:
         )
 
 
+def optics_tilt_deg(summary: FrameSummary, optics: Any = None) -> tuple[float, float] | None:
+    """Uncalibrated tilt in degrees from the signed-defocus plane and the optics.
+
+    Converts the slopes of the signed defocus (waves RMS per um) to depth slopes with
+    the defocus scale of :func:`psf_live.psf.defocus_waves_to_um` (um of sample
+    defocus per wave RMS of Noll Z4) and returns ``(tilt_x, tilt_y)`` in degrees.
+    This trusts the network's focus scale and the nominal optics; a depth
+    calibration (:mod:`psf_live.depth`) replaces it with a fitted mapping.
+
+    Parameters
+    ----------
+    summary : FrameSummary
+        A summary whose plane was fitted to ``"signed_defocus"``.
+    optics : Optics, optional
+        Microscope optics; defaults to :class:`psf_live.psf.Optics()`.
+
+    Returns
+    -------
+    (float, float) or None
+        Tilt along x and along y in degrees, or None when the plane is not a
+        signed defocus (unsigned focus cannot give a tilt).
+    """
+    from psf_live.psf import Optics, defocus_waves_to_um
+
+    if summary.plane_quantity != "signed_defocus":
+        return None
+    um_per_wave = defocus_waves_to_um(1.0, optics if optics is not None else Optics())
+    return (
+        math.degrees(math.atan(summary.slope_x * um_per_wave)),
+        math.degrees(math.atan(summary.slope_y * um_per_wave)),
+    )
+
+
 def _pixel_size(psf_map: PSFMap) -> float:
     od = psf_map.meta.get("optics")
     if isinstance(od, dict) and "pixel_size_um" in od:

@@ -161,15 +161,11 @@ class PSFLivePanel(QtWidgets.QWidget):
         for item in (self.camera_image, self.overlay_image, self.overlay_hatch):
             self.camera_plot.addItem(item)
 
-        self.focus_view = HeatmapView(
-            "Focus", "CET-D1", (-0.6, 0.6), "signed defocus (waves RMS)"
-        )
+        self.focus_view = HeatmapView("Focus", "CET-D1", (-0.6, 0.6), "signed defocus (waves RMS)")
         self.astig_view = HeatmapView(
             "Astigmatism (lines: axis)", "viridis", (0.0, 0.5), "cylinder (waves RMS)"
         )
-        self.axis_lines = pg.PlotDataItem(
-            connect="pairs", pen=pg.mkPen("#ffffff", width=1.5)
-        )
+        self.axis_lines = pg.PlotDataItem(connect="pairs", pen=pg.mkPen("#ffffff", width=1.5))
         self.axis_lines.setZValue(6)
         self.astig_view.plot.addItem(self.axis_lines)
         self.depth_view = HeatmapView("Depth", "CET-D1", (-40.0, 40.0), "depth (um)")
@@ -576,8 +572,12 @@ class PSFLivePanel(QtWidgets.QWidget):
     def _set_range(self, rect: QtCore.QRectF) -> None:
         """Show the whole frame in the camera view and in every heatmap."""
         self._frame_rect = rect
-        for plot in (self.camera_plot, self.focus_view.plot, self.astig_view.plot,
-                     self.depth_view.plot):
+        for plot in (
+            self.camera_plot,
+            self.focus_view.plot,
+            self.astig_view.plot,
+            self.depth_view.plot,
+        ):
             plot.setRange(rect=rect, padding=0.02)
 
     def auto_contrast(self) -> None:
@@ -650,8 +650,11 @@ class PSFLivePanel(QtWidgets.QWidget):
 
     def _draw_overlay(self) -> None:
         which = self.overlay_combo.currentText()
-        view = {"focus": self.focus_view, "astigmatism": self.astig_view,
-                "depth": self.depth_view}.get(which)
+        view = {
+            "focus": self.focus_view,
+            "astigmatism": self.astig_view,
+            "depth": self.depth_view,
+        }.get(which)
         m = self._last_map
         if view is None or m is None or view.image.image is None:
             self.overlay_image.clear()
@@ -668,17 +671,13 @@ class PSFLivePanel(QtWidgets.QWidget):
         """Tilt (deg) about y and x: calibrated, or from the optics' defocus scale."""
         if s.tilt_x_deg is not None and s.tilt_y_deg is not None:
             return float(s.tilt_x_deg), float(s.tilt_y_deg), "calibrated"
-        if s.plane_quantity == "signed_defocus":
-            from psf_live.psf import Optics, defocus_waves_to_um
+        from psf_live.estimate import optics_tilt_deg
+        from psf_live.psf import Optics
 
-            od = m.meta.get("optics") if isinstance(m.meta, dict) else None
-            optics = Optics.from_dict(od) if isinstance(od, dict) else Optics()
-            k = defocus_waves_to_um(1.0, optics)  # um of depth per wave RMS
-            return (
-                math.degrees(math.atan(s.slope_x * k)),
-                math.degrees(math.atan(s.slope_y * k)),
-                "optics estimate",
-            )
+        od = m.meta.get("optics") if isinstance(m.meta, dict) else None
+        est = optics_tilt_deg(s, Optics.from_dict(od) if isinstance(od, dict) else None)
+        if est is not None:
+            return est[0], est[1], "optics estimate"
         return math.nan, math.nan, f"needs calibration ({s.plane_quantity} is unsigned)"
 
     def _update_summary(self, m: Any) -> None:
