@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 app = typer.Typer(
@@ -17,6 +19,18 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print a one-line error to stderr and return the exit to raise."""
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
+
+
+def _load_calibration(path: str | None) -> Any:
+    """Load a depth calibration JSON (None passes through); one-line error naming the file."""
+    if path is None:
+        return None
+    from psf_live.depth import DepthCalibration
+
+    try:
+        return DepthCalibration.load(path)
+    except Exception as exc:
+        raise fail(str(exc) if path in str(exc) else f"{path}: {exc}") from None
 
 
 def _has_display() -> bool:
@@ -63,14 +77,7 @@ def demo(
 
     from psf_live.acquire._monitor import run_demo
 
-    cal = None
-    if calibration is not None:
-        from psf_live.depth import DepthCalibration
-
-        try:
-            cal = DepthCalibration.load(calibration)
-        except Exception as exc:
-            raise fail(str(exc)) from None
+    cal = _load_calibration(calibration)
     if gui is None:
         gui = _has_display()
     if gui:
@@ -134,14 +141,7 @@ def monitor(
     from psf_live.acquire._monitor import monitor as run_monitor
     from psf_live.estimate import Estimator
 
-    cal = None
-    if calibration is not None:
-        from psf_live.depth import DepthCalibration
-
-        try:
-            cal = DepthCalibration.load(calibration)
-        except Exception as exc:
-            raise fail(str(exc)) from None
+    cal = _load_calibration(calibration)
     try:
         core = open_core(config, headless=True)
     except Exception as exc:
@@ -212,7 +212,6 @@ def calibrate_depth(
     on a real scope you are asked to tilt the grid and press Enter.
     """
     import math
-    from typing import Any
 
     from psf_live.depth import (
         CalibrationError,
@@ -508,14 +507,7 @@ def record(
 
     if not os.access(parent, os.W_OK):
         raise fail(f"{output}: directory {parent} is not writable")
-    cal = None
-    if calibration is not None:
-        from psf_live.depth import DepthCalibration
-
-        try:
-            cal = DepthCalibration.load(calibration)
-        except Exception as exc:
-            raise fail(str(exc) if calibration in str(exc) else f"{calibration}: {exc}") from None
+    cal = _load_calibration(calibration)
     name = model or (cal.network.get("name") if cal is not None else None)
     try:
         est = _load_estimator(name)

@@ -6,6 +6,10 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -21,3 +25,28 @@ def rng() -> np.random.Generator:
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained tiny zernike3 network saved as a model file (no trained weights needed)."""
+    from test_estimate_estimator import make_tiny
+
+    from psf_live import models
+
+    net, card = make_tiny()
+    path = tmp_path_factory.mktemp("models") / "tiny.pt"
+    models.save_model(net, card, path)
+    return path
+
+
+@pytest.fixture
+def core() -> Iterator[Any]:
+    """The default simulated scope (tilted grid, cylindrical lens), unloaded afterwards."""
+    from psf_live import acquire
+
+    c = acquire.open_core()
+    yield c
+    if c.isSequenceRunning():
+        c.stopSequenceAcquisition()
+    c.unloadAllDevices()

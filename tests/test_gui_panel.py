@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +19,6 @@ from psf_live.estimate import Estimator, PSFMap  # noqa: E402
 from psf_live.gui import PSFLivePanel  # noqa: E402
 
 MAP_TIMEOUT_MS = 40_000
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test_estimate_estimator import make_tiny
-
-    net, card = make_tiny()
-    path = tmp_path_factory.mktemp("gui") / "tiny.pt"
-    models.save_model(net, card, path)
-    return path
-
-
-@pytest.fixture
-def core() -> Iterator[Any]:
-    c = acquire.open_core()
-    yield c
-    if c.isSequenceRunning():
-        c.stopSequenceAcquisition()
-    c.unloadAllDevices()
 
 
 def _psf_threads() -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +21,6 @@ if not hasattr(acquire, "open_core"):
     pytest.skip("psf_live.acquire.open_core not available yet", allow_module_level=True)
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from test_estimate_estimator import make_tiny
-
-    net, card = make_tiny()
-    path = tmp_path_factory.mktemp("m") / "tiny.pt"
-    models.save_model(net, card, path)
-    return path
-
-
-@pytest.fixture
-def core() -> Iterator[Any]:
-    c = acquire.open_core()
-    yield c
-    if c.isSequenceRunning():
-        c.stopSequenceAcquisition()
-    c.unloadAllDevices()
 
 
 def _threads() -> list[str]:
