@@ -33,6 +33,26 @@ def _load_calibration(path: str | None) -> Any:
         raise fail(str(exc) if path in str(exc) else f"{path}: {exc}") from None
 
 
+def _load_frames(path: str) -> tuple[Any, bool]:
+    """Read a 2D image or a T x H x W stack as ((T, H, W) frames, was it a stack).
+
+    Bad input (missing file, wrong dimensions, NaN, smaller than a patch) exits with a
+    one-line error naming the file.
+    """
+    from psf_live.estimate import check_frame
+    from psf_live.estimate._io import load_image
+
+    try:
+        data = load_image(path)
+        frames = data[None] if data.ndim == 2 else data
+        for f in frames:
+            check_frame(f)
+    except ValueError as exc:
+        msg = str(exc)
+        raise fail(msg if msg.startswith(path) else f"{path}: {msg}") from None
+    return frames, data.ndim == 3
+
+
 def _has_display() -> bool:
     """Tell whether a Qt window can be shown (a display and a Qt binding)."""
     import importlib.util
@@ -103,23 +123,16 @@ def estimate(
 
     import numpy as np
 
-    from psf_live.estimate import Estimator, check_frame
-    from psf_live.estimate._io import load_image, maps_to_npz, summaries_json
+    from psf_live.estimate import Estimator
+    from psf_live.estimate._io import maps_to_npz, summaries_json
 
-    try:
-        data = load_image(image)
-        frames = data[None] if data.ndim == 2 else data
-        for f in frames:
-            check_frame(f)
-    except ValueError as exc:
-        msg = str(exc)
-        raise fail(msg if msg.startswith(image) else f"{image}: {msg}") from None
+    frames, is_stack = _load_frames(image)
     try:
         est = Estimator.load(model, stride=stride)
     except Exception as exc:
         raise fail(f"cannot load model {model or 'default'!r}: {exc}") from None
     maps = [est.map(f) for f in frames]
-    np.savez(output, **maps_to_npz(maps, stack=data.ndim == 3))
+    np.savez(output, **maps_to_npz(maps, stack=is_stack))
     if json_:
         typer.echo(json.dumps(summaries_json(maps, image, str(est.meta.get("name", model)))))
     else:
@@ -231,22 +244,12 @@ def calibrate_depth(
     frames: list[Any] = []
     frame_tilts: list[float] = []
     if images:
-        from psf_live.estimate import check_frame
-        from psf_live.estimate._io import load_image
-
         try:
             per_file = assign_tilts(len(images), tilts)
         except ValueError as exc:
             raise fail(str(exc)) from None
         for path, t in zip(images, per_file, strict=True):
-            try:
-                data = load_image(path)
-                stack = data[None] if data.ndim == 2 else data
-                for f in stack:
-                    check_frame(f)
-            except ValueError as exc:
-                msg = str(exc)
-                raise fail(msg if msg.startswith(path) else f"{path}: {msg}") from None
+            stack, _ = _load_frames(path)
             frames.extend(stack)
             frame_tilts.extend([t] * len(stack))
         px = 0.64 if pixel_size_um is None else pixel_size_um
@@ -359,21 +362,12 @@ def depth_cmd(
     import numpy as np
 
     from psf_live.depth import CalibrationError, DepthCalibration, frame_depth
-    from psf_live.estimate import check_frame
-    from psf_live.estimate._io import load_image
 
     try:
         cal = DepthCalibration.load(calibration)
     except CalibrationError as exc:
         raise fail(str(exc)) from None
-    try:
-        data = load_image(image)
-        frames = data[None] if data.ndim == 2 else data
-        for f in frames:
-            check_frame(f)
-    except ValueError as exc:
-        msg = str(exc)
-        raise fail(msg if msg.startswith(image) else f"{image}: {msg}") from None
+    frames, is_stack = _load_frames(image)
     name = model or cal.network.get("name") or None
     try:
         est = _load_estimator(name)
@@ -391,7 +385,7 @@ def depth_cmd(
     import tifffile
 
     arr = np.stack(out).astype(np.float32)
-    tifffile.imwrite(output, arr if data.ndim == 3 else arr[0], photometric="minisblack")
+    tifffile.imwrite(output, arr if is_stack else arr[0], photometric="minisblack")
     typer.echo(f"{image}: {len(out)} depth map(s) {arr.shape[1:]} um -> {output}")
 
 
