@@ -216,7 +216,7 @@ def run_demo(
             "mm), not degrees; calibrate with `psf-live calibrate-depth --config "
             "psf_live_sim.cfg --tilt-deg 3,6,10 -o cal.json`, then `psf-live demo "
             "--calibration cal.json` (or monitor) reports degrees; with the shipped, "
-            "under-trained zernike3 the fit reaches R^2 ~0.6 and is refused below "
+            "under-trained zernike3 the fit reaches R^2 ~0.6-0.8 and is refused below "
             "--min-r2 0.9 (pass --min-r2 0.5 to accept a rough calibration)"
         )
     missing.append(
