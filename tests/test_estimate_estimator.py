@@ -171,3 +171,18 @@ def test_auto_precision_on_cpu_is_checked(tiny_path: Path, frame: np.ndarray) ->
     b = fp32.map(frame, fill=False)
     np.testing.assert_allclose(a.params[..., 0], b.params[..., 0], atol=0.01)
     np.testing.assert_allclose(a.valid_prob, b.valid_prob, atol=0.02)
+
+
+@pytest.mark.parametrize("stride", [64, 100])
+def test_map_equals_reference_patch_path(est: Estimator, frame: np.ndarray, stride: int) -> None:
+    """The buffered gather + in-place normalisation in map() equals cutting the patches
+    with extract_patches and running predict_patches (edge-aligned last patches included:
+    300 x 420 with stride 64 or 100 does not divide)."""
+    from psf_live.estimate import extract_patches
+
+    pt, _, _ = extract_patches(frame.astype(np.uint16), 128, stride)
+    prob, params = est.predict_patches(torch.from_numpy(pt).reshape(-1, 1, 128, 128))
+    for _ in range(2):  # second call reuses the patch buffer
+        m = est.map(frame.astype(np.uint16), stride, fill=False)
+        np.testing.assert_allclose(m.valid_prob.ravel(), prob, atol=1e-5)
+        np.testing.assert_allclose(m.params.reshape(params.shape), params, atol=1e-5)

@@ -65,3 +65,25 @@ def test_codec_axis_wraps_and_clips() -> None:
     assert float(p[0, 0]) == pytest.approx(1.0) and float(p[0, 1]) == pytest.approx(0.0)
     valid, _ = codec.decode(torch.tensor([[3.0, 0.1, 0.1, 0.1, 0.1]]))
     assert float(valid[0]) < 0.05
+
+
+def test_normalize_patches_inplace_and_nonfinite() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 128, 128, generator=g) * 500
+    ref = normalize_patches(x)
+    assert not torch.equal(ref, x)  # the default never writes into its input
+    buf = x.clone()
+    out = normalize_patches(buf, inplace=True)
+    assert out.data_ptr() == buf.data_ptr() and torch.allclose(out, ref, atol=1e-6)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        normalize_patches(x.to(torch.float64), inplace=True)
+    # a NaN or inf counts as 0 and only touches its own patch
+    bad = x.clone()
+    bad[1, 0, 5, 5] = float("nan")
+    bad[2, 0, 0, 0] = float("inf")
+    z = normalize_patches(bad)
+    assert torch.isfinite(z).all() and torch.allclose(z[0], ref[0], atol=1e-6)
+    clean = x.clone()
+    clean[1, 0, 5, 5] = 0.0
+    clean[2, 0, 0, 0] = 0.0
+    assert torch.allclose(z, normalize_patches(clean), atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._map import PSFMap, fill_invalid
-from ._patches import DEFAULT_STRIDE, check_frame, extract_patches, patch_centers, patch_starts
+from ._patches import DEFAULT_STRIDE, check_frame, patch_centers, patch_starts
 
 if TYPE_CHECKING:
     import torch
@@ -156,6 +157,7 @@ class Estimator:
                 self.precision = "bf16"
         self._graphs: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self._pinned: dict[tuple[int, int], torch.Tensor] = {}
+        self._patch_buf: dict[tuple[int, int, int], torch.Tensor] = {}
         self._geometry: dict[tuple[int, int, int], tuple[Any, ...]] = {}
 
     # ------------------------------------------------------------------ loading
@@ -370,6 +372,7 @@ class Estimator:
         p = self.patch_size
         sy, sx, cy, cx, ry, rx = self._grid((a.shape[0], a.shape[1]), stride)
         rows, cols = sy.size, sx.size
+        inplace = False
         if self.device.type == "cuda":
             key = (a.shape[0], a.shape[1])
             buf = self._pinned.get(key)
@@ -380,12 +383,26 @@ class Estimator:
             dev = buf.to(self.device, non_blocking=True)
             patches = dev[ry[:, None, :, None], rx[None, :, None, :]].reshape(-1, 1, p, p)
         else:
-            pt, _, _ = extract_patches(a, p, stride)
-            patches = torch.from_numpy(pt).reshape(-1, 1, p, p)
+            # one gather from a window view of the float32 frame (no per-patch Python loop)
+            # gather rows of patches from a window view of the float32 frame into a
+            # buffer reused for this geometry (a fresh 15 MB tensor costs page faults)
+            f = torch.from_numpy(np.array(a, dtype=np.float32))
+            win = f.unfold(0, p, 1).unfold(1, p, 1)
+            bkey = (rows, cols, threading.get_ident())  # one buffer per calling thread
+            patches = self._patch_buf.get(bkey)
+            if patches is None:
+                patches = torch.empty((rows, cols, p, p), dtype=torch.float32)
+                if len(self._patch_buf) >= 4:
+                    self._patch_buf.clear()
+                self._patch_buf[bkey] = patches
+            for i, y in enumerate(sy.tolist()):
+                torch.index_select(win[y], 0, rx[:, 0], out=patches[i])
+            patches = patches.reshape(-1, 1, p, p)
+            inplace = True
         self._sync()
         t1 = time.perf_counter()
         with torch.inference_mode():
-            x = self._normalize(patches)
+            x = self._normalize(patches, inplace=inplace)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             raw = self._forward(x)
