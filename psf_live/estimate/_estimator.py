@@ -383,21 +383,20 @@ class Estimator:
             dev = buf.to(self.device, non_blocking=True)
             patches = dev[ry[:, None, :, None], rx[None, :, None, :]].reshape(-1, 1, p, p)
         else:
-            # one gather from a window view of the float32 frame (no per-patch Python loop)
             # gather rows of patches from a window view of the float32 frame into a
             # buffer reused for this geometry (a fresh 15 MB tensor costs page faults)
             f = torch.from_numpy(np.array(a, dtype=np.float32))
             win = f.unfold(0, p, 1).unfold(1, p, 1)
             bkey = (rows, cols, threading.get_ident())  # one buffer per calling thread
-            patches = self._patch_buf.get(bkey)
-            if patches is None:
-                patches = torch.empty((rows, cols, p, p), dtype=torch.float32)
+            cached = self._patch_buf.get(bkey)
+            if cached is None:
+                cached = torch.empty((rows, cols, p, p), dtype=torch.float32)
                 if len(self._patch_buf) >= 4:
                     self._patch_buf.clear()
-                self._patch_buf[bkey] = patches
+                self._patch_buf[bkey] = cached
             for i, y in enumerate(sy.tolist()):
-                torch.index_select(win[y], 0, rx[:, 0], out=patches[i])
-            patches = patches.reshape(-1, 1, p, p)
+                torch.index_select(win[y], 0, rx[:, 0], out=cached[i])
+            patches = cached.reshape(-1, 1, p, p)
             inplace = True
         self._sync()
         t1 = time.perf_counter()
