@@ -19,6 +19,11 @@ name frames whose chunks are complete; a chunk written but not yet counted is
 ignored by :func:`verify_store`. Arrays grow in blocks (``grow`` frames) and are
 trimmed to their counts on :meth:`SessionWriter.close`, so after a crash an
 array may be longer than its counter: the counter is the truth.
+
+Chunks are compressed with Blosc LZ4 + bit-shuffle (level 1): on 1024x1024 uint16
+camera frames it writes in ~5 ms per frame for ~63 % of the raw size, where zarr's
+default Zstd needs ~15 ms for ~53 % (one 2-core CPU), which would cap a recording
+below 50 frames/s once the mapper shares the cores.
 """
 
 from __future__ import annotations
@@ -36,6 +41,12 @@ __all__ = ["LAYOUT_VERSION", "SessionWriter", "load_store", "verify_store"]
 
 LAYOUT_VERSION = 1
 _FRAME_ARRAYS = ("raw", "deconvolved", "params", "valid", "depth")
+
+
+def _compressors() -> Any:
+    from zarr.codecs import BloscCodec
+
+    return (BloscCodec(cname="lz4", clevel=1, shuffle="bitshuffle"),)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -180,6 +191,7 @@ class SessionWriter:
                 chunks=(1, *data.shape),
                 dtype=data.dtype,
                 fill_value=0 if data.dtype != np.bool_ else False,
+                compressors=_compressors(),
                 # Every frame gets its chunk file, even an all-zero one, so that
                 # verify_store can tell a written frame from a missing one.
                 config={"write_empty_chunks": True},
