@@ -230,3 +230,26 @@ def test_noise_mean_and_variance_follow_eq10(generator: torch.Generator) -> None
         add_noise(torch.tensor([-1.0]))
     with pytest.raises(ValueError):
         add_noise(torch.tensor([float("nan")]))
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_overlap_add_matches_dense_definition_in_any_chunking(
+    generator: torch.Generator, chunk: int
+) -> None:
+    """H x = sum_m h_m * (phi_m x), whatever number of windows share one FFT batch."""
+    kernels = _kernels(generator)
+    op = OverlapAdd((90, 110), _CY, _CX, kernels)
+    op._chunk = chunk  # 12 windows: 12 batches of 1, 3 of <= 5, or one
+    x = torch.rand(90, 110, generator=generator)
+    wy = torch.as_tensor(bilinear_weights(90, _CY))
+    wx = torch.as_tensor(bilinear_weights(110, _CX))
+    dense = sum(
+        convolve(x * (wy[i, :, None] * wx[j, None, :]), kernels[i, j])
+        for i in range(3)
+        for j in range(4)
+    )
+    torch.testing.assert_close(op.forward(x), dense, atol=1e-5, rtol=1e-4)
+    y = torch.rand(90, 110, generator=generator)
+    lhs = float((op.forward(x).double() * y.double()).sum())
+    rhs = float((x.double() * op.adjoint(y).double()).sum())
+    assert lhs == pytest.approx(rhs, rel=1e-6)

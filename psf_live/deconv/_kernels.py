@@ -10,7 +10,7 @@ import torch
 __all__ = ["kernels_from_map", "trim_kernels"]
 
 
-def trim_kernels(kernels: torch.Tensor, energy: float = 0.999) -> torch.Tensor:
+def trim_kernels(kernels: torch.Tensor, energy: float = 0.99) -> torch.Tensor:
     """Crop centred kernels to the smallest odd square holding ``energy`` of each.
 
     Parameters
@@ -57,7 +57,7 @@ def kernels_from_map(
     psf_map: Any,
     optics: Any = None,
     device: torch.device | str | None = None,
-    energy: float = 0.999,
+    energy: float = 0.99,
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Render one kernel per patch of a PSF map (blind use).
 

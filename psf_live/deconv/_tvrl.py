@@ -163,7 +163,7 @@ def richardson_lucy_tv(
     centers_y: Sequence[float] | npt.NDArray[Any] | None = None,
     centers_x: Sequence[float] | npt.NDArray[Any] | None = None,
     eps: float | None = None,
-    energy: float = 0.999,
+    energy: float = 0.99,
     extend: bool = True,
     device: torch.device | str | None = None,
 ) -> ArrayT:
@@ -212,7 +212,12 @@ def richardson_lucy_tv(
         eps=1e-3, 17.1 dB with eps=0.3, blurry input 15.1 dB, plain RL 16.6 dB).
     energy : float
         Each kernel is cropped to the smallest centred square holding this
-        fraction of its energy (99.9 % by default) so local FFTs stay small.
+        fraction of its energy (99 % by default) so local FFTs stay small. The
+        far diffraction tails beyond it do not change the result: on 2 x 20
+        Table V-style images (Zernike defocus and Gaussian quadrants, true PSFs)
+        the SNR gain was 2.644 / 2.641 / 2.638 dB (Zernike) and 2.260 / 2.259 /
+        2.258 dB (Gaussian) at 99.9 / 99.5 / 99 %, while a 0.6-wave defocus
+        kernel shrinks from 81 to 51 px (FFT windows 360 -> 300 px at 1024x1024).
     extend : bool
         Field extension: estimate ``x`` on a domain larger than the frame by the
         kernel radius, so that borders do not ring and nothing wraps around; the
