@@ -44,16 +44,15 @@ def tv_divergence(x: torch.Tensor, eps: float) -> torch.Tensor:
     torch.Tensor
         (H, W), values in [-4, 4].
     """
-    gx = torch.zeros_like(x)
-    gy = torch.zeros_like(x)
-    gx[:, :-1] = x[:, 1:] - x[:, :-1]
-    gy[:-1, :] = x[1:, :] - x[:-1, :]
-    norm = torch.sqrt(gx * gx + gy * gy + eps * eps)
-    px = gx / norm
-    py = gy / norm
-    div = px.clone()
+    # forward differences, zero on the last column/row (Neumann)
+    gx = torch.diff(x, dim=1, append=x[:, -1:])
+    gy = torch.diff(x, dim=0, append=x[-1:, :])
+    inv = torch.mul(gx, gx).addcmul_(gy, gy).add_(eps * eps).rsqrt_()
+    px = gx.mul_(inv)
+    py = gy.mul_(inv)
+    # backward differences of p (div = -grad^T), in place on a copy of px + py
+    div = torch.add(px, py)
     div[:, 1:] -= px[:, :-1]
-    div += py
     div[1:, :] -= py[:-1, :]
     return div
 
@@ -284,8 +283,9 @@ def richardson_lucy_tv(
         ratio = y / prob.forward(x).clamp_min(floor)
         corr = prob.adjoint(ratio) * inv_sens
         if lambda_tv > 0:
-            tv = (1.0 - lambda_tv * tv_divergence(x, max(eps_, 1e-12))).clamp_min(_MIN_TV_FACTOR)
-            corr = corr / tv
+            tv = tv_divergence(x, max(eps_, 1e-12)).mul_(-lambda_tv).add_(1.0)
+            corr.div_(tv.clamp_min_(_MIN_TV_FACTOR))
+        # unobserved margin pixels (inv_sens = 0, so corr = 0) keep their value
         x = torch.where(observed, x * corr, x)
     r = prob.r
     out = x[r : r + shape[0], r : r + shape[1]] * scale
