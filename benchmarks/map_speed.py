@@ -18,25 +18,12 @@ from psf_live.estimate import Estimator
 
 
 def _untrained(arch: str, **kw: object) -> Estimator:
-    from psf_live.models import DEFAULT_MODEL, ModelCard, get_codec
+    from psf_live.models import DEFAULT_MODEL, ModelCard
     from psf_live.nets import build_net
-    from psf_live.psf import Optics, get_model
 
-    pm = get_model(DEFAULT_MODEL)
-    codec = get_codec(pm.name)
+    card = ModelCard.for_psf_model(f"untrained-{arch}", DEFAULT_MODEL, arch)
     torch.manual_seed(0)
-    net = build_net(arch, codec.n_outputs)
-    card = ModelCard(
-        name=f"untrained-{arch}",
-        psf_model=pm.name,
-        param_names=list(pm.param_names),
-        units=list(pm.units),
-        ranges=[list(r) for r in pm.ranges],
-        arch=arch,
-        n_outputs=codec.n_outputs,
-        patch_size=128,
-        optics=Optics().to_dict(),
-    )
+    net = build_net(arch, card.n_outputs)
     return Estimator(net, card, "cpu", **kw)  # type: ignore[arg-type]
 
 

@@ -16,23 +16,9 @@ nets = pytest.importorskip("psf_live.nets")
 
 
 def make_tiny(psf_model: str = "zernike3", seed: int = 0) -> tuple[torch.nn.Module, Any]:
-    from psf_live.psf import Optics, get_model
-
-    pm = get_model(psf_model)
-    codec = models.get_codec(psf_model)
+    card = models.ModelCard.for_psf_model(f"tiny-{psf_model}", psf_model, "tiny")
     torch.manual_seed(seed)
-    net = nets.build_net("tiny", codec.n_outputs)
-    card = models.ModelCard(
-        name=f"tiny-{psf_model}",
-        psf_model=psf_model,
-        param_names=list(pm.param_names),
-        units=list(pm.units),
-        ranges=[list(r) for r in pm.ranges],
-        arch="tiny",
-        n_outputs=codec.n_outputs,
-        patch_size=128,
-        optics=Optics().to_dict(),
-    )
+    net = nets.build_net("tiny", card.n_outputs)
     return net.eval(), card
 
 

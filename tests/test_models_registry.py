@@ -9,26 +9,14 @@ from psf_live.models import (
     ModelCard,
     ModelLoadError,
     available_models,
-    get_codec,
     load_model,
     save_model,
 )
 from psf_live.nets import build_net
-from psf_live.psf import Optics, get_model
 
 
 def _card(psf_model: str = "zernike3", arch: str = "tiny") -> ModelCard:
-    pm = get_model(psf_model)
-    return ModelCard(
-        name="t",
-        psf_model=psf_model,
-        param_names=list(pm.param_names),
-        units=list(pm.units),
-        ranges=[list(r) for r in pm.ranges],
-        arch=arch,
-        n_outputs=get_codec(psf_model).n_outputs,
-        optics=Optics().to_dict(),
-    )
+    return ModelCard.for_psf_model("t", psf_model, arch)
 
 
 @pytest.fixture

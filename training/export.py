@@ -18,7 +18,7 @@ import torch
 
 from psf_live.models import ModelCard, save_model
 from psf_live.nets import build_net, get_codec
-from psf_live.psf import Optics, get_model
+from psf_live.psf import get_model
 
 from .data import DegradeConfig, PatchStream
 from .train import evaluate_batches
@@ -44,15 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     ev = evaluate_batches(
         net, pm.name, [ts.next(64) for _ in range(a.test_batches)], torch.device("cpu")
     )
-    card = ModelCard(
-        name=a.name or pm.name,
-        psf_model=pm.name,
-        param_names=list(pm.param_names),
-        units=list(pm.units),
-        ranges=[list(r) for r in pm.ranges],
-        arch=ck["arch"],
-        n_outputs=codec.n_outputs,
-        optics=Optics().to_dict(),
+    card = ModelCard.for_psf_model(
+        a.name or pm.name,
+        pm.name,
+        ck["arch"],
         data_recipe={"degrade": DegradeConfig().to_dict(), "note": "see training/data.py"},
         metrics={
             "r2": ev["r2"]["r2"],

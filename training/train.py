@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from psf_live.models import ModelCard, save_model
 from psf_live.nets import build_net, get_codec
-from psf_live.psf import Optics, get_model
+from psf_live.psf import get_model
 
 from .data import Batch, DegradeConfig, PatchStream, dihedral_batch
 from .metrics import r2_report
@@ -402,16 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         test = [ts.next(args.batch_size) for _ in range(args.test_batches)]
         ev = evaluate_batches(net, pm.name, test, device)
-        card = ModelCard(
-            name=args.name or out.name,
-            psf_model=pm.name,
-            param_names=list(pm.param_names),
-            units=list(pm.units),
-            ranges=[list(r) for r in pm.ranges],
-            arch=args.arch,
-            n_outputs=codec.n_outputs,
-            patch_size=128,
-            optics=Optics().to_dict(),
+        card = ModelCard.for_psf_model(
+            args.name or out.name,
+            pm.name,
+            args.arch,
             data_recipe={
                 "sources": stream_kw.get("types")
                 or PatchStream.__dataclass_fields__["types"].default_factory(),  # type: ignore[misc]

@@ -233,24 +233,11 @@ def run_demo(
 
 def _untrained_estimator(**kwargs: Any) -> Any:
     from psf_live.estimate import Estimator
-    from psf_live.models import DEFAULT_MODEL, ModelCard, get_codec
+    from psf_live.models import DEFAULT_MODEL, ModelCard
     from psf_live.nets import build_net
-    from psf_live.psf import Optics, get_model
 
-    pm = get_model(DEFAULT_MODEL)
-    codec = get_codec(pm.name)
-    net = build_net("tiny", codec.n_outputs)
-    card = ModelCard(
-        name="untrained-tiny",
-        psf_model=pm.name,
-        param_names=list(pm.param_names),
-        units=list(pm.units),
-        ranges=[list(r) for r in pm.ranges],
-        arch="tiny",
-        n_outputs=codec.n_outputs,
-        patch_size=128,
-        optics=Optics().to_dict(),
-    )
+    card = ModelCard.for_psf_model("untrained-tiny", DEFAULT_MODEL, "tiny")
+    net = build_net("tiny", card.n_outputs)
     return Estimator(net, card, **kwargs)
 
 

@@ -78,6 +78,37 @@ class ModelCard:
         return dataclasses.asdict(self)
 
     @classmethod
+    def for_psf_model(cls, name: str, psf_model: str, arch: str, **extra: Any) -> ModelCard:
+        """Build a card whose parameters, ranges, outputs and optics come from the PSF model.
+
+        Parameters
+        ----------
+        name : str
+            Model name.
+        psf_model : str
+            PSF model (see :data:`psf_live.psf.PSF_MODELS`).
+        arch : str
+            Architecture passed to :func:`psf_live.nets.build_net`.
+        **extra
+            Other card fields (``data_recipe``, ``metrics``, ``training``...).
+        """
+        from psf_live.nets import get_codec
+        from psf_live.psf import Optics, get_model
+
+        pm = get_model(psf_model)
+        return cls(
+            name=name,
+            psf_model=pm.name,
+            param_names=list(pm.param_names),
+            units=list(pm.units),
+            ranges=[list(r) for r in pm.ranges],
+            arch=arch,
+            n_outputs=get_codec(pm.name).n_outputs,
+            optics=Optics().to_dict(),
+            **extra,
+        )
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelCard:
         """Build a card from a dict (unknown keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
