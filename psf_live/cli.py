@@ -68,6 +68,10 @@ def _has_display() -> bool:
     return any(importlib.util.find_spec(m) for m in ("PySide6", "PyQt6", "PyQt5"))
 
 
+_TTA_OPTION = typer.Option(
+    False, "--tta", help="Average each patch over its 8 rotations/flips (8x slower, finer)."
+)
+
 @app.command()
 def demo(
     frames: int = typer.Option(30, "--frames", "-n", min=1, help="Frames to map."),
@@ -117,6 +121,7 @@ def estimate(
     model: str = typer.Option(None, "--model", "-m", help="Shipped model name or weights path."),
     stride: int = typer.Option(64, "--stride", "-s", min=1, help="Patch stride in pixels."),
     json_: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+    tta: bool = _TTA_OPTION,
 ) -> None:
     """Map the PSF of an image (per 128x128 patch) and save it as .npz."""
     import json
@@ -128,7 +133,7 @@ def estimate(
 
     frames, is_stack = _load_frames(image)
     try:
-        est = Estimator.load(model, stride=stride)
+        est = Estimator.load(model, stride=stride, tta=tta)
     except Exception as exc:
         raise fail(f"cannot load model {model or 'default'!r}: {exc}") from None
     maps = [est.map(f) for f in frames]
@@ -159,8 +164,9 @@ def monitor(
         core = open_core(config, headless=True)
     except Exception as exc:
         raise fail(str(exc)) from None
-    try:
-        est = Estimator.load(model, stride=stride)
+    try:  # a calibration made with --tta is applied to maps made the same way
+        tta = bool(cal.network.get("tta", False)) if cal is not None else False
+        est = Estimator.load(model, stride=stride, tta=tta)
     except Exception as exc:
         core.unloadAllDevices()
         raise fail(f"cannot load model {model or 'default'!r}: {exc}") from None
@@ -213,6 +219,7 @@ def calibrate_depth(
         help="inverse (unbiased tilts, default) or forward (least per-patch error; cubics).",
     ),
     min_r2: float = typer.Option(0.9, "--min-r2", help="Refuse fits with a lower R^2."),
+    tta: bool = _TTA_OPTION,
     config: str = typer.Option(
         None, "--config", "-c", help="Acquire live from this scope (.cfg; 'sim' = simulator)."
     ),
@@ -267,7 +274,7 @@ def calibrate_depth(
         finally:
             core.unloadAllDevices()
     try:
-        est = _load_estimator(model)
+        est = _load_estimator(model, tta=tta)
     except Exception as exc:
         raise fail(f"cannot load model {model or 'zernike3'!r}: {exc}") from None
     try:
@@ -300,10 +307,10 @@ def calibrate_depth(
     )
 
 
-def _load_estimator(model: str | None):  # type: ignore[no-untyped-def]
+def _load_estimator(model: str | None, tta: bool = False):  # type: ignore[no-untyped-def]
     from psf_live.estimate import Estimator
 
-    return Estimator.load(model or "zernike3")
+    return Estimator.load(model or "zernike3", tta=tta)
 
 
 def _acquire_depth_calibration(  # type: ignore[no-untyped-def]
@@ -369,8 +376,8 @@ def depth_cmd(
         raise fail(str(exc)) from None
     frames, is_stack = _load_frames(image)
     name = model or cal.network.get("name") or None
-    try:
-        est = _load_estimator(name)
+    try:  # mapped the way the calibration was (with or without --tta)
+        est = _load_estimator(name, tta=bool(cal.network.get("tta", False)))
     except Exception as exc:
         raise fail(f"cannot load model {name or 'zernike3'!r}: {exc}") from None
     out = []
@@ -432,6 +439,7 @@ def deconvolve(
     psf_map: str = typer.Option(None, "--psf-map", help="PSF map .npz (from `estimate`)."),
     stride: int = typer.Option(64, "--stride", "-s", min=1, help="Patch stride in pixels."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
+    tta: bool = _TTA_OPTION,
 ) -> None:
     """Deblur an image (or stack) with its PSF map by spatially-variant TV-RL and save it."""
     from psf_live.store import deblur_file
@@ -446,6 +454,7 @@ def deconvolve(
             psf_map=psf_map,
             stride=stride,
             overwrite=overwrite,
+            tta=tta,
         )
     except ValueError as exc:
         msg = str(exc)
@@ -503,8 +512,9 @@ def record(
         raise fail(f"{output}: directory {parent} is not writable")
     cal = _load_calibration(calibration)
     name = model or (cal.network.get("name") if cal is not None else None)
-    try:
-        est = _load_estimator(name)
+    tta = bool(cal.network.get("tta", False)) if cal is not None else False
+    try:  # a calibration made with --tta maps every frame that way too
+        est = _load_estimator(name, tta=tta)
     except Exception as exc:
         raise fail(f"cannot load model {name or 'zernike3'!r}: {exc}") from None
     if cal is not None:

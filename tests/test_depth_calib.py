@@ -268,3 +268,15 @@ def test_inverse_fit_keeps_the_tilt_under_metric_noise():
     assert inv.fit == "inverse" and DepthCalibration.from_dict(inv.to_dict()).fit == "inverse"
     with pytest.raises(CalibrationError, match="linear model"):
         fit_calibration(maps, [6, 10, 6, 10], features="signed-cubic", fit="inverse")
+
+
+def test_calibration_binds_the_tta_mode():
+    """A calibration made on --tta maps refuses maps made without it, and vice versa."""
+    meta = {"name": "zernike3", "sha256": "ab" * 32, "tta": True}
+    cal = fit_calibration(_maps([3, 10], np.random.default_rng(8), meta=meta), [3, 10])
+    assert cal.network["tta"] is True
+    plain = _maps([6], np.random.default_rng(9), meta={**meta, "tta": False})
+    with pytest.raises(CalibrationError, match="with test-time augmentation"):
+        depth_map(plain[0], cal)
+    same = _maps([6], np.random.default_rng(9), meta=meta)
+    assert np.isfinite(depth_map(same[0], cal)).any()

@@ -47,7 +47,7 @@ def _frame(tilt: float) -> np.ndarray:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> TiltMapper:
     m = TiltMapper()
-    monkeypatch.setattr(cli, "_load_estimator", lambda model: m)
+    monkeypatch.setattr(cli, "_load_estimator", lambda model, tta=False: m)
     return m
 
 
@@ -125,7 +125,7 @@ def test_depth_with_another_network(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     cal = DepthCalibration(features="eq14", coef=[0.0, -120.0], network=dict(META))
     p = cal.save(tmp_path / "cal.json")
     other = TiltMapper({"name": "fake-z3", "sha256": "aa" * 32})
-    monkeypatch.setattr(cli, "_load_estimator", lambda model: other)
+    monkeypatch.setattr(cli, "_load_estimator", lambda model, tta=False: other)
     img = _write(tmp_path, "i.tif", _frame(5))
     r = runner.invoke(cli.app, ["depth", img, "-c", str(p), "-o", str(tmp_path / "d.tif")])
     assert r.exit_code == 1

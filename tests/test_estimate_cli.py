@@ -96,3 +96,19 @@ def test_estimate_missing_file_and_bad_model(tmp_path: Path, rng: np.random.Gene
     r = runner.invoke(app, ["estimate", str(tif), "-m", str(tmp_path / "no.pt"), "-o", "x.npz"])
     assert r.exit_code != 0 and "cannot load model" in r.stderr
     assert "\n" not in r.stderr.strip()
+
+
+def test_estimate_tta(tmp_path: Path, model_path: Path, rng: np.random.Generator) -> None:
+    """--tta maps the same grid with the symmetry-averaged network (different values)."""
+    tif = tmp_path / "img.tif"
+    tifffile.imwrite(tif, _img(rng, (256, 256)))
+    outs = {}
+    for flag in ([], ["--tta"]):
+        out = tmp_path / f"map{len(flag)}.npz"
+        args = ["estimate", str(tif), "-m", str(model_path), "-o", str(out), *flag]
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        with np.load(out) as z:
+            outs[bool(flag)] = z["params"]
+    assert outs[True].shape == outs[False].shape
+    assert not np.allclose(outs[True], outs[False])

@@ -172,3 +172,28 @@ def test_map_equals_reference_patch_path(est: Estimator, frame: np.ndarray, stri
         m = est.map(frame.astype(np.uint16), stride, fill=False)
         np.testing.assert_allclose(m.valid_prob.ravel(), prob, atol=1e-5)
         np.testing.assert_allclose(m.params.reshape(params.shape), params, atol=1e-5)
+
+
+def test_tta_makes_the_map_equivariant_to_transposing_the_frame() -> None:
+    """With test-time augmentation the (untrained) estimator commutes with a transpose:
+    the map of frame.T is the transposed map with axis a -> pi/2 - a. The plain
+    estimator does not (so the test can tell them apart)."""
+    net, card = make_tiny(seed=3)
+    rng = np.random.default_rng(11)
+    frame = rng.gamma(2.0, 300.0, size=(256, 256)).astype(np.float32)
+    frame[40:60, :] += 2000.0  # anisotropic structure
+
+    def pair(m: Any) -> np.ndarray:
+        f, c, a = np.moveaxis(m.params, -1, 0)
+        return np.stack([f, c * np.cos(2 * a), c * np.sin(2 * a)], -1)
+
+    errs = {}
+    for tta in (False, True):
+        est = Estimator(net, card, "cpu", tta=tta, fill=False)
+        assert est.meta["tta"] is tta
+        a, b = est.map(frame, 64), est.map(np.ascontiguousarray(frame.T), 64)
+        expect = pair(a).transpose(1, 0, 2) * np.array([1.0, -1.0, 1.0])
+        errs[tta] = float(np.abs(pair(b) - expect).max())
+        if tta:
+            np.testing.assert_allclose(b.valid_prob, a.valid_prob.T, atol=1e-5)
+    assert errs[True] < 1e-4 < errs[False]

@@ -87,3 +87,39 @@ def test_normalize_patches_inplace_and_nonfinite() -> None:
     clean[1, 0, 5, 5] = 0.0
     clean[2, 0, 0, 0] = 0.0
     assert torch.allclose(z, normalize_patches(clean), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(PSF_MODELS))
+@pytest.mark.parametrize(
+    ("rotations", "transpose"), [(1, False), (2, False), (0, True), (3, True)]
+)
+def test_undo_dihedral_matches_the_transformed_psf(
+    name: str, rotations: int, transpose: bool
+) -> None:
+    """Find the parameters whose PSF is the rotated/transposed PSF (by physics), encode
+    them as a perfect network would for the transformed patch, and check that
+    undo_dihedral gives back the targets of the untransformed patch."""
+    import numpy as np
+
+    from psf_live.psf import render_psf
+
+    pm = get_model(name)
+    codec = get_codec(name)
+    g = torch.Generator().manual_seed(3)
+    lo = torch.tensor([r[0] for r in pm.ranges])
+    hi = torch.tensor([r[1] for r in pm.ranges])
+    p = lo + (0.2 + 0.6 * torch.rand(6, pm.n_params, generator=g)) * (hi - lo)
+    k = torch.rot90(render_psf(pm, p), rotations, dims=(-2, -1))
+    kt = k.transpose(-2, -1) if transpose else k
+    # candidate transformed parameters: axis + pi/2 per turn, then pi/2 - axis; widths swap
+    q = p.clone()
+    if pm.param_names[-1] == "axis":
+        a = q[:, -1] + rotations * math.pi / 2
+        a = math.pi / 2 - a if transpose else a
+        q[:, -1] = torch.remainder(a, math.pi / 2 if name == "zernike2" else math.pi)
+    if name == "gaussian2" and (rotations % 2 == 1) != transpose:
+        q = q.flip(-1)
+    np.testing.assert_allclose(render_psf(pm, q).numpy(), kt.numpy(), atol=2e-5)
+    raw_t = torch.cat([torch.zeros(6, 1), codec.encode(q)], dim=1)
+    back = codec.undo_dihedral(raw_t, rotations, transpose)
+    torch.testing.assert_close(back[:, 1:], codec.encode(p), atol=1e-5, rtol=1e-5)

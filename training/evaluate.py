@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from psf_live.models import load_model
-from psf_live.nets import get_codec
+from psf_live.nets import dihedral_mean, get_codec
 
 from .data import Batch, DegradeConfig, PatchStream, PSFBank
 from .metrics import r2_report
@@ -75,6 +75,19 @@ def sweep_config(kind: str, s: float) -> tuple[DegradeConfig, float | None]:
 
 
 SWEEP = ("illumination", "nonuniform", "gaussian", "poisson", "mixed")
+
+
+class DihedralMean(torch.nn.Module):
+    """A network whose output is averaged over the 8 symmetries of each patch."""
+
+    def __init__(self, net: torch.nn.Module, psf_model: str) -> None:
+        super().__init__()
+        self.net = net
+        self.codec = get_codec(psf_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean raw output over the patch symmetries (see ``dihedral_mean``)."""
+        return dihedral_mean(self.net, x, self.codec)
 
 
 @torch.no_grad()
@@ -329,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("eval_out"))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument(
+        "--tta", action="store_true", help="score with test-time augmentation (8 symmetries)"
+    )
+    p.add_argument(
         "--bank-size", type=int, default=512, help="Zernike kernels rendered for the test"
     )
     a = p.parse_args(argv)
@@ -341,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in a.model.split(","):
         net, card = load_model(spec.strip())
         pm = card.psf_model
+        if a.tta:
+            net = DihedralMean(net, pm)
         rows = eval_types(net, pm, a.batches, a.seed, a.batch_size)
         validity = rows.pop("_validity")
         train_types = card.data_recipe.get("sources", {})

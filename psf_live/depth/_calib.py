@@ -202,7 +202,8 @@ class DepthCalibration:
     pixel_size_um : float
         Object-space pixel size of the calibration images.
     network : dict
-        ``name``, ``sha256`` and ``psf_model`` of the network that produced the maps.
+        ``name``, ``sha256`` and ``psf_model`` of the network that produced the maps,
+        and ``tta`` (whether they were mapped with test-time augmentation).
     param_names : list of str
         Parameter names of that network's maps.
     optics : dict
@@ -256,6 +257,14 @@ class DepthCalibration:
             raise CalibrationError(
                 f"{where}: made with network {self.network['name']!r}, "
                 f"not {meta.get('name', '?')!r}"
+            )
+        # test-time augmentation shifts the outputs: the mode must match (older
+        # calibrations without the key were made without it)
+        if bool(self.network.get("tta", False)) != bool(meta.get("tta", False)):
+            mode = "with" if self.network.get("tta") else "without"
+            raise CalibrationError(
+                f"{where}: made {mode} test-time augmentation (--tta); map the images "
+                f"the same way"
             )
 
     def predict(self, params: npt.ArrayLike, names: Sequence[str] | None = None) -> np.ndarray:
@@ -704,6 +713,7 @@ def fit_calibration(
             "name": str(meta0.get("name", "")),
             "sha256": str(meta0.get("sha256", "")),
             "psf_model": str(meta0.get("psf_model", "")),
+            "tta": bool(meta0.get("tta", False)),
         },
         param_names=list(names0),
         optics=dict(meta0.get("optics", {}) or {}),

@@ -90,6 +90,12 @@ class Estimator:
         On CUDA, capture the network once per batch size in a CUDA graph and replay
         it (removes kernel-launch overhead for small networks; falls back to eager
         execution if capture fails).
+    tta : bool
+        Test-time augmentation for offline accuracy: every patch also goes through
+        the network in its 8 rotated/transposed versions, and the outputs are averaged with
+        the parameters transformed back (:func:`psf_live.nets.dihedral_mean`). Eight
+        times the inference time; the live mapper leaves it off. Recorded in
+        ``meta["tta"]``, so a depth calibration made with it refuses maps without it.
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class Estimator:
         optimize: bool = True,
         compile: bool = False,
         cuda_graphs: bool = False,
+        tta: bool = False,
     ) -> None:
         import torch
 
@@ -124,6 +131,8 @@ class Estimator:
         self.device = torch.device(device)
         self.card = card
         self.meta = _card_meta(card)
+        self.tta = bool(tta)
+        self.meta["tta"] = self.tta
         self.psf_model: str = str(card.psf_model)
         self.param_names: tuple[str, ...] = tuple(card.param_names)
         self.units: tuple[str, ...] = tuple(card.units)
@@ -288,6 +297,21 @@ class Estimator:
         with self._autocast():
             return self.net(x)
 
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw outputs of normalised patches, averaged over flips when ``tta`` is on."""
+        if not self.tta:
+            return self._forward(x)
+        from psf_live.nets import dihedral_mean
+
+        def forward(views: torch.Tensor) -> torch.Tensor:
+            if self.channels_last:
+                import torch
+
+                views = views.contiguous(memory_format=torch.channels_last)
+            return self._forward(views)
+
+        return dihedral_mean(forward, x, self.codec)
+
     def _graph_forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch
 
@@ -329,7 +353,7 @@ class Estimator:
             x = self._normalize(patches)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            raw = self._forward(x)
+            raw = self._infer(x)
             prob, params = self.codec.decode(raw.float())
         return (
             _to_numpy(prob).astype(np.float32).reshape(-1),
@@ -404,7 +428,7 @@ class Estimator:
             x = self._normalize(patches, inplace=inplace)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            raw = self._forward(x)
+            raw = self._infer(x)
         self._sync()
         t2 = time.perf_counter()
         with torch.inference_mode():
@@ -455,5 +479,5 @@ class Estimator:
         name = self.meta.get("name", "?")
         return (
             f"Estimator(model={name!r}, psf_model={self.psf_model!r}, device={self.device}, "
-            f"precision={self.precision!r}, stride={self.stride})"
+            f"precision={self.precision!r}, stride={self.stride}, tta={self.tta})"
         )

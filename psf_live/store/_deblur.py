@@ -99,6 +99,7 @@ def deblur_file(
     stride: int = 64,
     overwrite: bool = False,
     progress: bool = True,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Estimate (or read) the PSF map of every frame, deconvolve it and save the result.
 
@@ -121,6 +122,8 @@ def deblur_file(
         Replace an existing output.
     progress : bool
         Show a tqdm bar over frames.
+    tta : bool
+        Map with test-time augmentation (see :class:`psf_live.estimate.Estimator`).
 
     Returns
     -------
@@ -156,7 +159,7 @@ def deblur_file(
     else:
         from psf_live.estimate import Estimator
 
-        est = Estimator.load(model, stride=stride)
+        est = Estimator.load(model, stride=stride, tta=tta)
         maps = []
         model_meta = dict(getattr(est, "meta", {}) or {})
     settings = {"iterations": iterations, "lambda_tv": lambda_tv, "method": "TV-RL (Dey 2006)"}
