@@ -76,7 +76,7 @@ def ssim(ref: np.ndarray, est: np.ndarray) -> float:
     return float(structural_similarity(ref, est, data_range=float(ref.max() - ref.min())))
 
 
-def load_estimators() -> dict[str, Any]:
+def load_estimators(tta: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         from psf_live.estimate import Estimator
@@ -85,14 +85,16 @@ def load_estimators() -> dict[str, Any]:
     for det, names in DETECTIONS.items():
         for name in names:
             try:
-                out[det] = Estimator.load(name, stride=64)
+                out[det] = Estimator.load(name, stride=64, tta=tta)
                 break
             except Exception:
                 continue
     return out
 
 
-def run(n_images: int, seed: int, peak: float, read_sigma: float, png: str | None) -> None:
+def run(
+    n_images: int, seed: int, peak: float, read_sigma: float, png: str | None, tta: bool = False
+) -> None:
     from skimage.restoration import richardson_lucy, unsupervised_wiener
 
     from psf_live.deconv import richardson_lucy_tv
@@ -100,11 +102,11 @@ def run(n_images: int, seed: int, peak: float, read_sigma: float, png: str | Non
     from psf_live.psf import OverlapAdd, add_noise, get_model, render_psf
 
     torch.set_num_threads(1)  # quality benchmark: one thread, no oversubscription
-    ests = load_estimators()
+    ests = load_estimators(tta)
     names = ", ".join(f"{k}={v.meta.get('name', '?')}" for k, v in ests.items())
     print(
         f"{n_images} images 256x256, peak {peak} photons, read noise {read_sigma}; "
-        f"CNN models: {names or 'none (ours/global skipped)'}"
+        f"CNN models: {names or 'none (ours/global skipped)'}{' with --tta' if tta else ''}"
     )
     centers = np.array([64.0, 192.0])
     rows = []
@@ -203,8 +205,9 @@ def main() -> None:
     ap.add_argument("--peak", type=float, default=300.0, help="photons at the brightest pixel")
     ap.add_argument("--read-sigma", type=float, default=2.0)
     ap.add_argument("--png", default=str(Path(__file__).with_name("deconv_before_after.png")))
+    ap.add_argument("--tta", action="store_true", help="CNN maps with test-time augmentation")
     a = ap.parse_args()
-    run(a.n, a.seed, a.peak, a.read_sigma, a.png or None)
+    run(a.n, a.seed, a.peak, a.read_sigma, a.png or None, a.tta)
 
 
 if __name__ == "__main__":

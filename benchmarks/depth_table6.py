@@ -154,7 +154,7 @@ def make_images(tilts: list[float], seed: int, ground_truth: bool, args: Any) ->
     torch.set_num_threads(args.threads)
     scope = SimMicroscope(SimSettings(shape=SHAPE), seed=seed)
     scope.update(cylinder=0.25, cylinder_axis=math.pi / 4, tilt_axis="x")
-    est = None if args.render_only else Estimator.load(args.model)
+    est = None if args.render_only else Estimator.load(args.model, tta=args.tta)
     try:
         from tqdm import tqdm
 
@@ -231,6 +231,7 @@ def main() -> int:
     ap.add_argument("--ground-truth-maps", action="store_true",
                     help="skip the network: ideal zernike3 maps + noise (pipeline check)")
     ap.add_argument("--model", default="zernike3")
+    ap.add_argument("--tta", action="store_true", help="map with test-time augmentation")
     ap.add_argument("--features", default="signed", choices=list(FEATURE_SETS))
     ap.add_argument("--fit", default="inverse", choices=["inverse", "forward"])
     ap.add_argument("--clean", action="store_true",
@@ -268,6 +269,8 @@ def main() -> int:
     cal_tilts = [it["tilt"] for it in cal_items]
 
     src = "ground-truth maps" if args.ground_truth_maps else f"network {args.model!r}"
+    if args.tta and not args.ground_truth_maps:
+        src += " with test-time augmentation"
     print(f"Depth from astigmatism (Table VI) on the simulated scope, {src}")
     print(f"{len(items)} images: {len(cal_items)} for calibration (tilts 3/6/10), "
           f"{len(test_items)} test at 3/6/10, {len(extra_items)} at unseen tilts 4/8/-6 "
