@@ -263,3 +263,49 @@ def test_headless_core_records_while_a_qt_app_exists(
         core.unloadAllDevices()
     assert res.error is None
     assert res.acquired == res.written == res.mapped == 3
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 640 kB filesystem (tmpfs), where the machine lets us mount one."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=640k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_real_disk_full_on_a_small_tmpfs(  # type: ignore[no-untyped-def]
+    small_tmpfs: Path, estimator
+) -> None:
+    """ENOSPC from a real filesystem: a one-line error naming the store, the counted
+    frames are complete and readable, nothing half-written is counted."""
+    from psf_live.record import RecordSession
+
+    path = small_tmpfs / "full.zarr"
+    sess = RecordSession(path, estimator)
+    rng = np.random.default_rng(1)
+    for _ in range(12):  # ~120 kB per compressed noise frame: the disk fills mid-way
+        sess.submit(rng.integers(0, 60000, (256, 256), dtype=np.uint16))
+        if sess.failed:
+            break
+    sess.finish_acquisition()
+    res = sess.close()
+    assert res.error is not None and "No space left" in res.error and "full.zarr" in res.error
+    assert "\n" not in res.error and 0 < res.written < 12
+    rep = verify_store(path)
+    assert rep["ok"], rep
+    assert rep["frames"] == res.written
+    raw = np.asarray(load_store(path)["raw"])
+    assert raw.shape[0] == res.written and raw.dtype == np.uint16
