@@ -68,3 +68,34 @@ def test_image_splits_are_disjoint() -> None:
 def test_sources_in_range(kind: str) -> None:
     x = make_sources(kind, 2, 140, torch.Generator().manual_seed(0))
     assert x.shape == (2, 140, 140) and float(x.min()) >= 0 and float(x.max()) <= 1.6
+
+
+def test_source_pool_is_a_fifo_ring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refreshing overwrites the oldest sources in place; logical order stays FIFO."""
+    counter = iter(range(10_000))
+
+    def tagged(self: PatchStream, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tags = torch.tensor([next(counter) for _ in range(n)], dtype=torch.float32)
+        return tags[:, None, None].expand(n, self.r, self.r).clone(), tags.long()
+
+    monkeypatch.setattr(PatchStream, "_new_sources", tagged)
+    ps = PatchStream("gaussian1", "train", 0, pool=8, refresh=0.0)
+    for n in (3, 3, 5, 8, 11, 1):  # wraps the ring, and one refresh larger than it
+        ps._fill(n)
+    rows = (ps._head + torch.arange(8)) % 8
+    seen = ps._pool_kind[rows].tolist()
+    total = 8 + 3 + 3 + 5 + 8 + 11 + 1
+    assert seen == list(range(total - 8, total))
+    assert ps._pool_x[rows, 0, 0].long().tolist() == seen
+
+
+def test_fast_irfft2_equals_torch() -> None:
+    from psf_live.psf import irfft2
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((3, 40, 36), (2, 45, 51)):
+        x = torch.randn(shape, generator=g)
+        spec = torch.fft.rfft2(x)
+        ref = torch.fft.irfft2(spec, s=shape[-2:])
+        torch.testing.assert_close(irfft2(spec, shape[-2:]), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(irfft2(spec, shape[-2:], rows=17), ref[..., :17, :])

@@ -1,6 +1,6 @@
 """PSF physics: optics, parametric PSF models, image formation and noise."""
 
-from ._formation import OverlapAdd, bilinear_weights, convolve
+from ._formation import OverlapAdd, bilinear_weights, convolve, irfft2
 from ._models import PSF_MODELS, PSFModel, get_model
 from ._noise import add_noise
 from ._optics import Optics, defocus_um_to_waves, defocus_waves_to_um
@@ -19,6 +19,7 @@ __all__ = [
     "defocus_waves_to_um",
     "gaussian_psf",
     "get_model",
+    "irfft2",
     "render_psf",
     "zernike_psf",
 ]
