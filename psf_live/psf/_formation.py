@@ -205,6 +205,12 @@ class OverlapAdd:
         # and the mask windows.
         self._Kc = self._K.conj().resolve_conj()
         self._M: torch.Tensor | None = None
+        # window m = i * C + j as a (rows, cols) slice pair of the padded image
+        self._boxes = [
+            (slice(oy, oy + self._wh), slice(ox, ox + self._ww))
+            for oy in self._oy
+            for ox in self._ox
+        ]
         # windows per FFT batch: ~4 MB of complex spectra
         self._chunk = max(1, int(4e6 // (self._fh * (self._fw // 2 + 1) * 8)))
 
@@ -237,31 +243,21 @@ class OverlapAdd:
         acc = torch.zeros_like(img)
         masks = self._masks()
         spectra = self._Kc if adjoint else self._K
-        C = self.grid[1]
-        wh, ww = self._wh, self._ww
         size = (self._fh, self._fw)
         n = masks.shape[0]
         for lo in range(0, n, self._chunk):
             hi = min(n, lo + self._chunk)
-            win = torch.stack(
-                [
-                    img[
-                        self._oy[m // C] : self._oy[m // C] + wh,
-                        self._ox[m % C] : self._ox[m % C] + ww,
-                    ]
-                    for m in range(lo, hi)
-                ]
-            )
+            boxes = self._boxes[lo:hi]
+            win = torch.stack([img[b] for b in boxes])
             if not adjoint:
                 win.mul_(masks[lo:hi])
             spec = torch.fft.rfft2(win, s=size)
             spec.mul_(spectra[lo:hi])
-            out = irfft2(spec, size, rows=wh)[..., :ww]
+            out = irfft2(spec, size, rows=self._wh)[..., : self._ww]
             if adjoint:
                 out = out * masks[lo:hi]
-            for m in range(lo, hi):
-                oy, ox = self._oy[m // C], self._ox[m % C]
-                acc[oy : oy + wh, ox : ox + ww] += out[m - lo]
+            for b, o in zip(boxes, out, strict=True):
+                acc[b] += o
         return acc[self._pad_y : self._pad_y + H, self._pad_x : self._pad_x + W]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
