@@ -48,6 +48,7 @@ def main() -> None:
     core.setProperty(cam, "SensorHeight", a.size)
     core.setExposure(1.0)
     est = Estimator.load("zernike3")
+    seq_mb = int(core.getCircularBufferMemoryFootprint())
     tmp = Path(tempfile.mkdtemp(prefix="record_load_"))
     out = Path(a.out) if a.out else tmp / "bench.zarr"
     t0 = time.perf_counter()
@@ -67,7 +68,8 @@ def main() -> None:
           f"with maps: {res.mapped / max(total if not a.deconvolve else res.elapsed_s, 1e-9):.1f}"
           " frames/s end to end")
     print(f"max raw queue {res.max_queue} frames (bound {res.memory_bound_mb:.0f} MB); "
-          f"peak RSS {rss_mb:.0f} MB")
+          f"peak RSS {rss_mb:.0f} MB, of which up to {seq_mb} MB is the core's own sequence "
+          "ring buffer (UniMMCore default 1024 MB; env UNICORE_SEQUENCE_BUFFER_MB)")
     if a.deconvolve:
         print(f"deconvolution: {res.deconvolved} frames in {res.deconv_elapsed_s:.1f} s -> "
               f"{res.deconvolved / max(res.deconv_elapsed_s, 1e-9):.2f} frames/s")
