@@ -485,6 +485,12 @@ def record(
     ),
     z_step: float = typer.Option(1.0, "--z-step", min=1e-6, help="Z-stack step (um)."),
     deconvolve: bool = typer.Option(False, "--deconvolve", help="TV-RL every frame too."),
+    sequence: bool = typer.Option(
+        False,
+        "--sequence",
+        help="Let the camera stream (hardware sequencing); by default each frame waits for "
+        "room in the recording queue, so none is lost.",
+    ),
     model: str = typer.Option(None, "--model", "-m", help="Shipped model name or weights path."),
     calibration: str = typer.Option(None, "--calibration", help="Depth calibration JSON."),
     fail_at_frame: int = typer.Option(
@@ -547,6 +553,7 @@ def record(
             deconvolve=deconvolve,
             progress=True,
             metadata={"config": str(config) if config else "simulator"},
+            hardware_sequencing=sequence,
         )
     except KeyboardInterrupt as exc:
         r = getattr(exc, "result", None)

@@ -309,3 +309,35 @@ def test_real_disk_full_on_a_small_tmpfs(  # type: ignore[no-untyped-def]
     assert rep["frames"] == res.written
     raw = np.asarray(load_store(path)["raw"])
     assert raw.shape[0] == res.written and raw.dtype == np.uint16
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_record_paces_the_camera_unless_asked_to_stream(
+    tmp_path: Path, estimator, core, streaming: bool  # type: ignore[no-untyped-def]
+) -> None:
+    """By default every frame is its own acquisition (back-pressure reaches the camera);
+    --sequence lets it stream. The engine's own setting is restored afterwards."""
+    from psf_live.record import record
+
+    cam = core.getCameraDevice()
+    core.setProperty(cam, "SensorWidth", 256)
+    core.setProperty(cam, "SensorHeight", 256)
+    seen: list[bool] = []
+    core.mda.events.frameReady.connect(
+        lambda *_: seen.append(bool(core.isSequenceRunning()))
+    )
+    before = core.mda.engine.use_hardware_sequencing
+    res = record(core, tmp_path / "p.zarr", estimator, frames=4, hardware_sequencing=streaming)
+    assert res.error is None and res.acquired == res.written == 4
+    assert len(seen) == 4 and any(seen) is streaming
+    assert core.mda.engine.use_hardware_sequencing == before
+
+
+def test_buffer_overflow_is_named_not_blamed_on_the_camera(core) -> None:  # type: ignore[no-untyped-def]
+    from psf_live.record._session import _camera_error
+
+    cam = core.getCameraDevice()
+    assert "failed at frame 7" in _camera_error(core, cam, 7)
+    core.isBufferOverflowed = lambda: True
+    msg = _camera_error(core, cam, 7)
+    assert "sequence buffer overflowed after frame 7" in msg and "--sequence" in msg
