@@ -311,14 +311,25 @@ def test_real_disk_full_on_a_small_tmpfs(  # type: ignore[no-untyped-def]
     assert raw.shape[0] == res.written and raw.dtype == np.uint16
 
 
+@pytest.fixture
+def headless_core():  # type: ignore[no-untyped-def]
+    """The simulated scope with psygnal events (a QApplication may exist in the run)."""
+    from psf_live.acquire import open_core
+
+    c = open_core(None, headless=True)
+    yield c
+    c.unloadAllDevices()
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_record_paces_the_camera_unless_asked_to_stream(
-    tmp_path: Path, estimator, core, streaming: bool  # type: ignore[no-untyped-def]
+    tmp_path: Path, estimator, headless_core, streaming: bool  # type: ignore[no-untyped-def]
 ) -> None:
     """By default every frame is its own acquisition (back-pressure reaches the camera);
     --sequence lets it stream. The engine's own setting is restored afterwards."""
     from psf_live.record import record
 
+    core = headless_core
     cam = core.getCameraDevice()
     core.setProperty(cam, "SensorWidth", 256)
     core.setProperty(cam, "SensorHeight", 256)

@@ -207,6 +207,11 @@ class RecordSession:
             self.result.error = msg
         self._failed.set()
 
+    def _acquisition_error(self, msg: str) -> None:
+        """Note why the camera stopped early; what was acquired is still written."""
+        if self.result.error is None:
+            self.result.error = msg
+
     # -- writer ------------------------------------------------------------------------
     def _write_loop(self) -> None:
         t = 0
@@ -483,7 +488,7 @@ def record(
     def on_event(*_: Any) -> None:
         # an event that started without a frame: the camera failed -> stop the sequence
         if started[0] > sess.result.acquired:
-            sess._fail(_camera_error(core, cam, sess.result.acquired))
+            sess._acquisition_error(_camera_error(core, cam, sess.result.acquired))
             core.mda.cancel()
         started[0] += 1
 
@@ -528,7 +533,7 @@ def record(
         and sess.result.error is None
         and (started[0] > sess.result.acquired or sess.result.acquired < expected)
     ):
-        sess._fail(_camera_error(core, cam, sess.result.acquired))
+        sess._acquisition_error(_camera_error(core, cam, sess.result.acquired))
     try:
         # failed / interrupted: _failed is set, so queued frames are dropped by the
         # writer; the frames already counted in the store stay valid.
