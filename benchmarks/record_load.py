@@ -73,9 +73,10 @@ def main() -> None:
     print(f"sustained to disk: {res.write_rate:.1f} frames/s (raw, {res.elapsed_s:.1f} s); "
           f"with maps: {res.mapped / max(total if not a.deconvolve else res.elapsed_s, 1e-9):.1f}"
           " frames/s end to end")
+    ring = (f", of which up to {seq_mb} MB is the core's own sequence ring buffer "
+            "(UniMMCore default 1024 MB; env UNICORE_SEQUENCE_BUFFER_MB)") if a.sequence else ""
     print(f"max raw queue {res.max_queue} frames (bound {res.memory_bound_mb:.0f} MB); "
-          f"peak RSS {rss_mb:.0f} MB, of which up to {seq_mb} MB is the core's own sequence "
-          "ring buffer (UniMMCore default 1024 MB; env UNICORE_SEQUENCE_BUFFER_MB)")
+          f"peak RSS {rss_mb:.0f} MB{ring}")
     if a.deconvolve:
         print(f"deconvolution: {res.deconvolved} frames in {res.deconv_elapsed_s:.1f} s -> "
               f"{res.deconvolved / max(res.deconv_elapsed_s, 1e-9):.2f} frames/s")
