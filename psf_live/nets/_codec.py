@@ -152,8 +152,8 @@ def dihedral_mean(
 ) -> torch.Tensor:
     """Test-time augmentation: mean raw output over the 8 symmetries of each patch.
 
-    Runs ``forward`` once on the batch of the four quarter turns of every patch and
-    their transposes (8 B patches) and averages the outputs mapped back with
+    Runs ``forward`` on the four quarter turns of the patches and their transposes
+    (eight batches of B) and averages the outputs mapped back with
     :meth:`OutputCodec.undo_dihedral`, which makes the estimate equivariant to
     flips and rotations of the frame. Costs eight times the inference; on the
     zernike3 test stream it raised R^2 from 0.58 to 0.62 (every parameter improved).
@@ -172,14 +172,15 @@ def dihedral_mean(
     torch.Tensor
         (B, 1 + T) float32 mean raw output.
     """
-    b = x.shape[0]
-    turns = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
-    views = torch.cat(turns + [t.transpose(-2, -1) for t in turns])
-    parts = forward(views).float().split(b)
-    modes = [(k, False) for k in range(4)] + [(k, True) for k in range(4)]
-    return torch.stack(
-        [codec.undo_dihedral(p, k, t) for p, (k, t) in zip(parts, modes, strict=True)]
-    ).mean(0)
+    total: torch.Tensor | None = None
+    for k in range(4):  # one view at a time: one batch of 8 B patches is slower
+        turned = torch.rot90(x, k, dims=(-2, -1))
+        for tr in (False, True):
+            view = (turned.transpose(-2, -1) if tr else turned).contiguous()
+            raw = codec.undo_dihedral(forward(view).float(), k, tr)
+            total = raw if total is None else total + raw
+    assert total is not None
+    return total / 8.0
 
 
 _CACHE: dict[str, OutputCodec] = {}
