@@ -203,18 +203,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     net = build_net(args.arch, codec.n_outputs).to(device)
 
+    def held_out(split: str, bank_size: int, pool: int) -> PatchStream:
+        """Build the validation or test stream: same data recipe, its own sources."""
+        return PatchStream(
+            pm.name, split, args.seed, degrade=degrade, **extra,
+            bank_size=bank_size, pool=pool, refresh=0.25,
+        )
+
     val: list[Batch] = []
     if main_rank:
-        vs = PatchStream(
-            pm.name,
-            "val",
-            args.seed,
-            degrade=degrade,
-            **extra,
-            bank_size=min(args.bank_size, 512),
-            pool=256,
-            refresh=0.25,
-        )
+        vs = held_out("val", bank_size=min(args.bank_size, 512), pool=256)
         val = [vs.next(args.batch_size) for _ in range(args.val_batches)]
 
     def loader(seed_shift: int) -> Iterator[Batch]:
@@ -390,16 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         log_f.close()
         if best_state is not None:
             net.load_state_dict(best_state)
-        ts = PatchStream(
-            pm.name,
-            "test",
-            args.seed,
-            degrade=degrade,
-            **extra,
-            bank_size=min(args.bank_size, 1024),
-            pool=512,
-            refresh=0.25,
-        )
+        ts = held_out("test", bank_size=min(args.bank_size, 1024), pool=512)
         test = [ts.next(args.batch_size) for _ in range(args.test_batches)]
         ev = evaluate_batches(net, pm.name, test, device)
         card = ModelCard.for_psf_model(

@@ -303,14 +303,9 @@ class Estimator:
             return self._forward(x)
         from psf_live.nets import dihedral_mean
 
-        def forward(views: torch.Tensor) -> torch.Tensor:
-            if self.channels_last:
-                import torch
-
-                views = views.contiguous(memory_format=torch.channels_last)
-            return self._forward(views)
-
-        return dihedral_mean(forward, x, self.codec)
+        # each view is made contiguous there; with one channel that is already the
+        # channels_last layout, so no conversion is needed
+        return dihedral_mean(self._forward, x, self.codec)
 
     def _graph_forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch
