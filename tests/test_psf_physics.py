@@ -162,6 +162,22 @@ def test_render_cpu_and_cuda_agree() -> None:
     )
 
 
+def test_fft_lengths_are_the_smallest_5_smooth_multiples_of_8() -> None:
+    from psf_live.psf._formation import _fast_len
+
+    def smooth(m: int) -> bool:
+        for q in (2, 3, 5):
+            while m % q == 0:
+                m //= q
+        return m == 1
+
+    for n in range(1, 700):
+        m = _fast_len(n)
+        assert m >= n and m % 8 == 0 and smooth(m)
+        assert not any(j % 8 == 0 and smooth(j) for j in range(n, m))
+    assert (_fast_len(258), _fast_len(212), _fast_len(306)) == (288, 216, 320)
+
+
 def test_convolve_matches_direct_linear_convolution(generator: torch.Generator) -> None:
     x = torch.rand(37, 52, generator=generator)
     k = torch.rand(9, 9, generator=generator)

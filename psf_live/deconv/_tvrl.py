@@ -114,10 +114,8 @@ class _Problem:
         return out[r : r + self.shape[0], r : r + self.shape[1]]
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        r = self.r
-        if r:
-            y = torch.nn.functional.pad(y, (r, r, r, r))
-        return self.op.adjoint(y)
+        # y covers the frame only: the operator zero-pads it by r itself
+        return self.op._apply(y, adjoint=True, margin=self.r)
 
 
 def _as_kernels(
@@ -277,16 +275,19 @@ def richardson_lucy_tv(
     sens = prob.adjoint(torch.ones_like(y))
     observed = sens > _MIN_SENSITIVITY
     inv_sens = torch.where(observed, 1.0 / sens.clamp_min(_MIN_SENSITIVITY), 0.0)
+    unobserved = None if bool(observed.all()) else ~observed
     x = torch.full(prob.ext_shape, float(y.mean()), device=dev)
     floor = 1e-12
     for _ in range(num_iter):
-        ratio = y / prob.forward(x).clamp_min(floor)
-        corr = prob.adjoint(ratio) * inv_sens
+        # forward/adjoint return fresh tensors, so the updates below work in place
+        ratio = torch.div(y, prob.forward(x).clamp_min_(floor))
+        corr = prob.adjoint(ratio).mul_(inv_sens)
         if lambda_tv > 0:
             tv = tv_divergence(x, max(eps_, 1e-12)).mul_(-lambda_tv).add_(1.0)
             corr.div_(tv.clamp_min_(_MIN_TV_FACTOR))
-        # unobserved margin pixels (inv_sens = 0, so corr = 0) keep their value
-        x = torch.where(observed, x * corr, x)
+        if unobserved is not None:  # unobserved margin pixels keep their value
+            corr.masked_fill_(unobserved, 1.0)
+        x = x.mul_(corr)
     r = prob.r
     out = x[r : r + shape[0], r : r + shape[1]] * scale
     return out if is_tensor else out.cpu().numpy()  # type: ignore[return-value]

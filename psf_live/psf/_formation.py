@@ -26,9 +26,18 @@ __all__ = ["OverlapAdd", "bilinear_weights", "convolve", "irfft2"]
 
 
 def _fast_len(n: int) -> int:
+    """Smallest ``8 * 2^a 3^b 5^c >= n``: an FFT length that is fast on CPU and GPU.
+
+    Any 5-smooth length is valid, but on CPU (torch 2.14 / MKL, 2 threads, batches of
+    4 real 2D windows through ``rfft2`` and :func:`irfft2`) lengths with fewer than
+    three factors of two cost more per point: per window 0.136 ms at 270 px vs 0.103 ms
+    at 288 px, 0.146 ms at 225 vs 0.058 ms at 216, 0.199 ms at 243 vs 0.083 ms at
+    256, 0.368 ms at 375 vs 0.214 ms at 384. Multiples of 8 ran at 0.07-0.11 ns per
+    ``N log2 N`` from 144 to 432 px, odd lengths at 0.15-0.25 ns.
+    """
     from ._render import _next_fast_len
 
-    return _next_fast_len(n)
+    return 8 * _next_fast_len(max(1, -(-n // 8)))
 
 
 def irfft2(spec: torch.Tensor, size: tuple[int, int], rows: int | None = None) -> torch.Tensor:
@@ -221,16 +230,20 @@ class OverlapAdd:
             )
         return self._M
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+    def _pad(self, x: torch.Tensor, margin: int = 0) -> torch.Tensor:
+        """Zero-pad ``x`` into the working frame; ``x`` may be smaller than the
+        operator's shape by ``margin`` on every side (it is then placed inside,
+        zeros around: one copy instead of two pads)."""
         H, W = self.shape
-        if tuple(x.shape) != (H, W):
+        if tuple(x.shape) != (H - 2 * margin, W - 2 * margin):
             raise ValueError(f"expected an image of shape {self.shape}, got {tuple(x.shape)}")
+        m = margin
         return torch.nn.functional.pad(
             x.to(self.device, torch.float32),
-            (self._pad_x, self._hi_x, self._pad_y, self._hi_y),
+            (self._pad_x + m, self._hi_x + m, self._pad_y + m, self._hi_y + m),
         )
 
-    def _apply(self, x: torch.Tensor, adjoint: bool) -> torch.Tensor:
+    def _apply(self, x: torch.Tensor, adjoint: bool, margin: int = 0) -> torch.Tensor:
         """``sum_m h_m * (phi_m x)`` or, if ``adjoint``, ``sum_m phi_m (h~_m * x)``.
 
         Windows go through the FFTs a few at a time (``self._chunk``, a few MB of
@@ -239,7 +252,7 @@ class OverlapAdd:
         iterations on 2 cores: 2.2 s in one batch, 1.3 s in chunks of 4-8).
         """
         H, W = self.shape
-        img = self._pad(x)
+        img = self._pad(x, margin)
         acc = torch.zeros_like(img)
         masks = self._masks()
         spectra = self._Kc if adjoint else self._K
@@ -255,7 +268,7 @@ class OverlapAdd:
             spec.mul_(spectra[lo:hi])
             out = irfft2(spec, size, rows=self._wh)[..., : self._ww]
             if adjoint:
-                out = out * masks[lo:hi]
+                out.mul_(masks[lo:hi])
             for b, o in zip(boxes, out, strict=True):
                 acc[b] += o
         return acc[self._pad_y : self._pad_y + H, self._pad_x : self._pad_x + W]
