@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from psf_live.nets import normalize_patches
-from psf_live.psf import Optics, get_model, irfft2, render_psf
+from psf_live.psf import Optics, get_model, irfft2, next_fast_len, render_psf
 
 from .sources import SOURCE_TYPES, make_sources
 
@@ -97,18 +97,6 @@ def validity_rule(sharp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return invalid, smooth
 
 
-def _fast(n: int) -> int:
-    m = n
-    while True:
-        k = m
-        for p in (2, 3, 5):
-            while k % p == 0:
-                k //= p
-        if k == 1:
-            return m
-        m += 1
-
-
 def valid_blur(src: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Central ``R - k + 1`` pixels of the linear convolution of (B, R, R) with (B, k, k).
 
@@ -117,7 +105,7 @@ def valid_blur(src: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     border. Computed with circular FFTs of size >= R, which do not alias there.
     """
     r, k = src.shape[-1], kernels.shape[-1]
-    n = _fast(r)
+    n = next_fast_len(r)
     spec = torch.fft.rfft2(src, s=(n, n)) * torch.fft.rfft2(kernels, s=(n, n))
     full = irfft2(spec, (n, n), rows=r)  # torch's irfft2 is several times slower
     return full[..., k - 1 : r, k - 1 : r]

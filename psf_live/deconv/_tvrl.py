@@ -115,7 +115,7 @@ class _Problem:
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         # y covers the frame only: the operator zero-pads it by r itself
-        return self.op._apply(y, adjoint=True, margin=self.r)
+        return self.op.adjoint(y, margin=self.r)
 
 
 def _as_kernels(

@@ -4,7 +4,7 @@ from ._formation import OverlapAdd, bilinear_weights, convolve, irfft2
 from ._models import PSF_MODELS, PSFModel, get_model
 from ._noise import add_noise
 from ._optics import Optics, defocus_um_to_waves, defocus_waves_to_um
-from ._render import as_params, gaussian_psf, render_psf, zernike_psf
+from ._render import as_params, gaussian_psf, next_fast_len, render_psf, zernike_psf
 
 __all__ = [
     "PSF_MODELS",
@@ -20,6 +20,7 @@ __all__ = [
     "gaussian_psf",
     "get_model",
     "irfft2",
+    "next_fast_len",
     "render_psf",
     "zernike_psf",
 ]

@@ -35,9 +35,9 @@ def _fast_len(n: int) -> int:
     256, 0.368 ms at 375 vs 0.214 ms at 384. Multiples of 8 ran at 0.07-0.11 ns per
     ``N log2 N`` from 144 to 432 px, odd lengths at 0.15-0.25 ns.
     """
-    from ._render import _next_fast_len
+    from ._render import next_fast_len
 
-    return 8 * _next_fast_len(max(1, -(-n // 8)))
+    return 8 * next_fast_len(max(1, -(-n // 8)))
 
 
 def irfft2(spec: torch.Tensor, size: tuple[int, int], rows: int | None = None) -> torch.Tensor:
@@ -231,9 +231,11 @@ class OverlapAdd:
         return self._M
 
     def _pad(self, x: torch.Tensor, margin: int = 0) -> torch.Tensor:
-        """Zero-pad ``x`` into the working frame; ``x`` may be smaller than the
-        operator's shape by ``margin`` on every side (it is then placed inside,
-        zeros around: one copy instead of two pads)."""
+        """Zero-pad ``x`` into the working frame.
+
+        ``x`` may be smaller than the operator's shape by ``margin`` on every side;
+        it is then placed inside with zeros around (one copy instead of two pads).
+        """
         H, W = self.shape
         if tuple(x.shape) != (H - 2 * margin, W - 2 * margin):
             raise ValueError(f"expected an image of shape {self.shape}, got {tuple(x.shape)}")
@@ -277,9 +279,14 @@ class OverlapAdd:
         """Apply ``H``: blur ``x`` (H, W) with the spatially-variant kernels."""
         return self._apply(x, adjoint=False)
 
-    def adjoint(self, r: torch.Tensor) -> torch.Tensor:
-        """Apply ``H^T``: correlate ``r`` with each kernel and weight by its mask."""
-        return self._apply(r, adjoint=True)
+    def adjoint(self, r: torch.Tensor, margin: int = 0) -> torch.Tensor:
+        """Apply ``H^T``: correlate ``r`` with each kernel and weight by its mask.
+
+        With ``margin > 0``, ``r`` covers only the inner part of the frame (its
+        shape is the operator's minus ``2 * margin`` on each axis) and is zero
+        outside: the field-extended problems of TV-RL pass the data this way.
+        """
+        return self._apply(r, adjoint=True, margin=margin)
 
     __call__ = forward
 

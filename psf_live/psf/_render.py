@@ -128,7 +128,7 @@ def zernike_psf(
     # window wrap in only from > 0.75 window widths away (negligible energy), and
     # enough samples for a pupil at least 32 samples across.
     n_min = max(1.5 * n_win, 32.0 / (optics.cutoff_cycles_per_um * dx))
-    n_fft = _next_fast_len(math.ceil(n_min))
+    n_fft = next_fast_len(math.ceil(n_min))
     df = 1.0 / (n_fft * dx)
     k = (torch.arange(n_fft, device=device, dtype=torch.float32) - n_fft // 2) * df
     ky, kx = torch.meshgrid(k, k, indexing="ij")
@@ -155,7 +155,7 @@ def zernike_psf(
     return psf / psf.sum(dim=(-2, -1), keepdim=True)
 
 
-def _next_fast_len(n: int) -> int:
+def next_fast_len(n: int) -> int:
     """Smallest 2^a 3^b 5^c >= n (fast sizes for pocketfft and cuFFT)."""
     best = 2 * n
     p2 = 1
