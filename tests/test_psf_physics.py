@@ -214,6 +214,17 @@ def test_overlap_add_adjoint_identity(generator: torch.Generator) -> None:
     assert lhs == pytest.approx(rhs, rel=1e-6)
 
 
+def test_overlap_add_adjoint_of_inner_data_equals_zero_padded(
+    generator: torch.Generator,
+) -> None:
+    op = OverlapAdd((90, 110), _CY, _CX, _kernels(generator))
+    inner = torch.rand(80, 100, generator=generator)
+    padded = torch.nn.functional.pad(inner, (5, 5, 5, 5))
+    torch.testing.assert_close(op.adjoint(inner, margin=5), op.adjoint(padded))
+    with pytest.raises(ValueError, match="shape"):
+        op.adjoint(inner, margin=4)
+
+
 def test_overlap_add_reduces_to_convolution_for_one_kernel(generator: torch.Generator) -> None:
     k = render_psf("zernike1", [[0.3]], size=21)[0]
     x = torch.rand(64, 80, generator=generator)
