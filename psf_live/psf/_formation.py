@@ -237,8 +237,9 @@ class OverlapAdd:
         it is then placed inside with zeros around (one copy instead of two pads).
         """
         H, W = self.shape
-        if tuple(x.shape) != (H - 2 * margin, W - 2 * margin):
-            raise ValueError(f"expected an image of shape {self.shape}, got {tuple(x.shape)}")
+        want = (H - 2 * margin, W - 2 * margin)
+        if tuple(x.shape) != want:
+            raise ValueError(f"expected an image of shape {want}, got {tuple(x.shape)}")
         m = margin
         return torch.nn.functional.pad(
             x.to(self.device, torch.float32),
