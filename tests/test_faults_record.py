@@ -19,9 +19,11 @@ runner = CliRunner()
 
 
 def _counted(path: Path) -> int:
+    """Frames complete in every product (params and valid are counted one after the other)."""
     try:
         attrs = json.loads((path / "zarr.json").read_text())["attributes"]
-        return int(attrs["psf_live"]["frames"].get("params", 0))
+        frames = attrs["psf_live"]["frames"]
+        return min(int(frames.get(k, 0)) for k in ("raw", "params", "valid"))
     except (OSError, ValueError, KeyError):
         return 0
 
