@@ -1,7 +1,7 @@
 """TV-RL speed on 2 CPU cores (issue 5 targets) and scikit-image richardson_lucy for scale.
 
 Prints the median wall time of ``richardson_lucy_tv`` (20 iterations, lambda 0.1,
-field extension, kernel support trimmed to 99.9 % energy) for
+field extension, kernels trimmed to 99 % of their energy, the default) for
 
 * 256x256 with 4 Zernike-defocus PSFs (2x2 grid)      target <= 50 ms
 * 1024x1024 with 64 PSFs (8x8 grid, stride 128)       target <= 1.5 s

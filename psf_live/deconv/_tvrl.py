@@ -214,7 +214,7 @@ def richardson_lucy_tv(
         Table V-style images (Zernike defocus and Gaussian quadrants, true PSFs)
         the SNR gain was 2.644 / 2.641 / 2.638 dB (Zernike) and 2.260 / 2.259 /
         2.258 dB (Gaussian) at 99.9 / 99.5 / 99 %, while a 0.6-wave defocus
-        kernel shrinks from 81 to 51 px (FFT windows 360 -> 300 px at 1024x1024).
+        kernel shrinks from 81 to 51 px (FFT windows 360 -> 320 px at 1024x1024).
     extend : bool
         Field extension: estimate ``x`` on a domain larger than the frame by the
         kernel radius, so that borders do not ring and nothing wraps around; the
