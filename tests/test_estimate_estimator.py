@@ -99,6 +99,26 @@ def test_optimized_matches_plain(frame: np.ndarray) -> None:
     np.testing.assert_allclose(m.params[..., :2], ref.params[..., :2], atol=1e-4)
 
 
+def test_optimized_spectral_net_matches_plain(frame: np.ndarray) -> None:
+    """BatchNorm folding and channels_last also hold for the FFT front end."""
+    card = models.ModelCard.for_psf_model("spec-zernike3", "zernike3", "spectral")
+    torch.manual_seed(5)
+    net = nets.build_net("spectral", card.n_outputs).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding is exercised
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    ref = Estimator(net, card, "cpu", optimize=False).map(frame, fill=False)
+    opt = Estimator(net, card, "cpu", optimize=True)
+    assert opt.channels_last and not any(
+        isinstance(m, torch.nn.BatchNorm2d) for m in opt.net.modules()
+    )
+    m = opt.map(frame, fill=False)
+    np.testing.assert_allclose(m.valid_prob, ref.valid_prob, atol=1e-4)
+    np.testing.assert_allclose(m.params[..., :2], ref.params[..., :2], atol=1e-4)
+
+
 def test_fill_uses_knn_of_valid(frame: np.ndarray) -> None:
     net, card = make_tiny(seed=1)
     est = Estimator(net, card, "cpu")

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from psf_live.models import ModelCard, save_model
-from psf_live.nets import build_net, get_codec
+from psf_live.nets import ARCHS, build_net, get_codec
 from psf_live.psf import get_model
 
 from .data import Batch, DegradeConfig, PatchStream, dihedral_batch
@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--psf-model", default="zernike3")
     p.add_argument(
-        "--arch", default="compact", choices=["compact", "resnet34", "resnext50", "tiny"]
+        "--arch", default="compact", choices=list(ARCHS)
     )
     p.add_argument(
         "--out", required=True, help="output path stem (writes .pt, .json, .ckpt, .log.csv)"
