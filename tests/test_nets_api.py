@@ -17,7 +17,7 @@ def test_build_net_shapes(arch: str) -> None:
 
 def test_log_power_spectrum_puts_a_grating_at_its_frequency() -> None:
     """Zero frequency at row P/4 of the (pooled, half-plane) output; +v rows go down."""
-    from psf_live.nets._arch import LogPowerSpectrum
+    from psf_live.nets import LogPowerSpectrum
 
     n = 128
     r, c = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
@@ -33,7 +33,7 @@ def test_log_power_spectrum_puts_a_grating_at_its_frequency() -> None:
 def test_log_power_spectrum_turns_blur_into_the_log_otf() -> None:
     """A Gaussian blur of width s adds log|OTF|^2 = -4 pi^2 s^2 |k|^2 to every patch's
     log spectrum, whatever the texture (the reason the spectral net sees blur directly)."""
-    from psf_live.nets._arch import LogPowerSpectrum
+    from psf_live.nets import LogPowerSpectrum
 
     n, s = 128, 1.5
     g = torch.Generator().manual_seed(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ARCHS", "build_net"]
+__all__ = ["ARCHS", "LogPowerSpectrum", "SpectralNet", "build_net"]
 
 ARCHS = ("compact", "spectral", "resnet34", "resnext50", "tiny")
 
@@ -111,7 +111,10 @@ class SpectralNet(nn.Module):
     feature lies, which is what encodes the blur size (ring radii) and the astigmatism
     axis (ring elongation). At equal training data it learned gaussian1 / zernike3 faster
     than :class:`CompactNet` (validation R^2 0.75 vs 0.66 and 0.41 vs 0.25 after 450
-    steps on the same 9,600 patches) at about the same cost per patch.
+    steps on the same 9,600 patches) at about the same cost per patch; the shipped
+    zernike1 uses it. Weaknesses measured so far: it is less robust than the spatial net
+    to noise stronger than it was trained on and to nearly noise-free patches (see
+    ``training/README.md``).
 
     Parameters
     ----------
