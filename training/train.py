@@ -141,9 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--noise",
         default="standard",
-        choices=["standard", "strong", "wide"],
-        help="strong: down to 4 photons and read noise up to 0.35 of the peak; "
-        "wide: up to 1e6 photons (nearly noise-free patches) as well",
+        choices=["standard", "strong"],
+        help="strong: down to 4 photons and read noise up to 0.35 of the peak",
     )
     p.add_argument(
         "--types", default=None, help="source types, e.g. 'nat' or 'syn,poi' (default: all)"
@@ -188,8 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     degrade = DegradeConfig()
     if args.noise == "strong":
         degrade = DegradeConfig(peak_photons=(4.0, 20000.0), read_rel=(0.0, 0.35))
-    elif args.noise == "wide":
-        degrade = DegradeConfig(peak_photons=(20.0, 1e6))
     types = None
     if args.types:
         types = {t.strip(): 1.0 for t in args.types.split(",") if t.strip()}
