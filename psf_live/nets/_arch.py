@@ -113,8 +113,8 @@ class SpectralNet(nn.Module):
     than :class:`CompactNet` (validation R^2 0.75 vs 0.66 and 0.41 vs 0.25 after 450
     steps on the same 9,600 patches) at about the same cost per patch; the shipped
     zernike1 uses it. Weaknesses measured so far: it is less robust than the spatial net
-    to noise stronger than it was trained on and to nearly noise-free patches (see
-    ``training/README.md``).
+    to noise stronger than it was trained on, and it fails on idealised patches with no
+    shot noise, read noise or background at all (see ``training/README.md``).
 
     Parameters
     ----------
