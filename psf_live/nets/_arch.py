@@ -79,7 +79,7 @@ class LogPowerSpectrum(nn.Module):
     Parameters
     ----------
     size : int
-        Patch side P (even).
+        Patch side P (a multiple of 4).
     eps : float
         Floor added before the log, relative to the mean power of a unit-variance
         patch (the patches are normalised by :func:`normalize_patches`).
@@ -111,7 +111,7 @@ class SpectralNet(nn.Module):
     feature lies, which is what encodes the blur size (ring radii) and the astigmatism
     axis (ring elongation). At equal training data it learned gaussian1 / zernike3 faster
     than :class:`CompactNet` (validation R^2 0.75 vs 0.66 and 0.41 vs 0.25 after 450
-    steps on the same 9,600 patches) at about the same cost per patch; the shipped
+    steps on the same 9,600 patches) at about 1.25x its inference time; the shipped
     zernike1 uses it. Weaknesses measured so far: it is less robust than the spatial net
     to noise stronger than it was trained on, and it fails on idealised patches with no
     shot noise, read noise or background at all (see ``training/README.md``).
