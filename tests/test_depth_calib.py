@@ -41,8 +41,13 @@ def _maps(tilts, rng, meta=None, **kw):
 
 def test_eq14_hand_values():
     p = np.array(
-        [[0.4, 0.25, math.pi / 4], [0.4, 0.25, 3 * math.pi / 4], [0.3, 0.1, math.pi / 2],
-         [0.0, 0.25, 0.1], [1.0, 0.0, 0.0]]
+        [
+            [0.4, 0.25, math.pi / 4],
+            [0.4, 0.25, 3 * math.pi / 4],
+            [0.3, 0.1, math.pi / 2],
+            [0.0, 0.25, 0.1],
+            [1.0, 0.0, 0.0],
+        ]
     )
     np.testing.assert_allclose(depth_metric(p, NAMES), [-0.2, 0.2, 0.0, 0.0, -1.0], atol=1e-6)
     # the periodic signed focus: + at the lens axis, - across it
@@ -103,10 +108,20 @@ def test_robust_lstsq_ignores_outliers():
 @pytest.mark.parametrize("features", ["eq14", "signed", "signed-cubic"])
 def test_calibration_recovers_geometry_robustly(features):
     rng = np.random.default_rng(2)
-    maps = _maps([3, 6, 10, 3, 6, 10], rng, focus_noise=0.01, axis_noise=0.02,
-                 invalid_fraction=0.1, outlier_fraction=0.05)
-    cal = fit_calibration(maps, [3, 6, 10, 3, 6, 10], features=features,
-                          fit="forward" if features.endswith("-cubic") else "inverse")
+    maps = _maps(
+        [3, 6, 10, 3, 6, 10],
+        rng,
+        focus_noise=0.01,
+        axis_noise=0.02,
+        invalid_fraction=0.1,
+        outlier_fraction=0.05,
+    )
+    cal = fit_calibration(
+        maps,
+        [3, 6, 10, 3, 6, 10],
+        features=features,
+        fit="forward" if features.endswith("-cubic") else "inverse",
+    )
     # Eq. 14 is -f/2 beyond focus; defocus_um_to_waves is 1/60 wave per um at NA 0.25
     if features == "eq14":
         assert cal.coef[1] == pytest.approx(-120.0, rel=0.02)
@@ -135,8 +150,12 @@ def test_cubic_helps_a_nonlinear_response():
 
 
 def test_json_round_trip(tmp_path):
-    meta = {"name": "zernike3", "sha256": "ab" * 32, "psf_model": "zernike3",
-            "optics": {"na": 0.25}}
+    meta = {
+        "name": "zernike3",
+        "sha256": "ab" * 32,
+        "psf_model": "zernike3",
+        "optics": {"na": 0.25},
+    }
     cal = fit_calibration(_maps([3, 10], np.random.default_rng(5), meta=meta), [3, 10])
     p = cal.save(tmp_path / "c.json")
     back = DepthCalibration.load(p)
@@ -259,10 +278,8 @@ def test_inverse_fit_keeps_the_tilt_under_metric_noise():
     fwd = fit_calibration(maps, [6, 10, 6, 10], fit="forward", min_r2=0.0)
     inv = fit_calibration(maps, [6, 10, 6, 10], fit="inverse", min_r2=0.0)
     test = _maps([8, 8, 8], np.random.default_rng(12), focus_noise=0.12)
-    t_f = np.mean([fit_depth_plane(depth_map(m, fwd), CY, CX, PX, SHAPE).tilt_x_deg
-                   for m in test])
-    t_i = np.mean([fit_depth_plane(depth_map(m, inv), CY, CX, PX, SHAPE).tilt_x_deg
-                   for m in test])
+    t_f = np.mean([fit_depth_plane(depth_map(m, fwd), CY, CX, PX, SHAPE).tilt_x_deg for m in test])
+    t_i = np.mean([fit_depth_plane(depth_map(m, inv), CY, CX, PX, SHAPE).tilt_x_deg for m in test])
     assert t_f < 7.7  # shrunk by the noise
     assert t_i == pytest.approx(8.0, abs=0.25)
     assert inv.fit == "inverse" and DepthCalibration.from_dict(inv.to_dict()).fit == "inverse"

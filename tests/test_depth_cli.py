@@ -36,8 +36,16 @@ class TiltMapper:
         cy = patch_centers(patch_starts(f.shape[0]))
         cx = patch_centers(patch_starts(f.shape[1]))
         d = true_depth_grid(cy, cx, tilt, "x", 0.64, f.shape)
-        return synthetic_psf_map(d, cy, cx, f.shape, focus_noise=0.003, rng=self.rng,
-                                 invalid_fraction=0.05, meta=self.meta)
+        return synthetic_psf_map(
+            d,
+            cy,
+            cx,
+            f.shape,
+            focus_noise=0.003,
+            rng=self.rng,
+            invalid_fraction=0.05,
+            meta=self.meta,
+        )
 
 
 def _frame(tilt: float) -> np.ndarray:
@@ -52,8 +60,10 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> TiltMapper:
 
 
 def _tilts(text: str) -> list[tuple[float, float]]:
-    return [(float(a), float(b)) for a, b in
-            re.findall(r"tilt x ([-+.\d]+) deg, tilt y ([-+.\d]+) deg", text)]
+    return [
+        (float(a), float(b))
+        for a, b in re.findall(r"tilt x ([-+.\d]+) deg, tilt y ([-+.\d]+) deg", text)
+    ]
 
 
 def _write(tmp: Path, name: str, data: np.ndarray) -> str:
@@ -67,8 +77,9 @@ def test_calibrate_then_depth(tmp_path: Path, fake: TiltMapper) -> None:
     # a stack: both frames share the file's tilt
     imgs.append(_write(tmp_path, "s.tif", np.stack([_frame(-5), _frame(-5)])))
     out = tmp_path / "c.json"
-    r = runner.invoke(cli.app, ["calibrate-depth", *imgs, "--tilt-deg", "3,6,10,-5",
-                                "-o", str(out)])
+    r = runner.invoke(
+        cli.app, ["calibrate-depth", *imgs, "--tilt-deg", "3,6,10,-5", "-o", str(out)]
+    )
     assert r.exit_code == 0, r.output
     assert r.output.count("R^2") == 6 and "image 4: tilt -5 deg" in r.output
     cal = json.loads(out.read_text())
@@ -76,8 +87,9 @@ def test_calibrate_then_depth(tmp_path: Path, fake: TiltMapper) -> None:
     assert cal["tilts_deg"] == [3, 6, 10, -5, -5]
 
     img = _write(tmp_path, "x.tif", _frame(8))
-    r = runner.invoke(cli.app, ["depth", img, "--calibration", str(out),
-                                "-o", str(tmp_path / "d.tif")])
+    r = runner.invoke(
+        cli.app, ["depth", img, "--calibration", str(out), "-o", str(tmp_path / "d.tif")]
+    )
     assert r.exit_code == 0, r.output
     tx, ty = _tilts(r.output)[0]
     assert tx == pytest.approx(8.0, abs=0.1) and ty == pytest.approx(0.0, abs=0.1)
@@ -91,8 +103,9 @@ def test_calibrate_then_depth(tmp_path: Path, fake: TiltMapper) -> None:
 
     # grid output of a stack: one map per frame
     st = _write(tmp_path, "st.tif", np.stack([_frame(4), _frame(-4), _frame(0)]))
-    r = runner.invoke(cli.app, ["depth", st, "-c", str(out), "-o", str(tmp_path / "g.tif"),
-                                "--grid"])
+    r = runner.invoke(
+        cli.app, ["depth", st, "-c", str(out), "-o", str(tmp_path / "g.tif"), "--grid"]
+    )
     assert r.exit_code == 0, r.output
     g = tifffile.imread(tmp_path / "g.tif")
     assert g.shape == (3, 5, 7)
@@ -101,8 +114,9 @@ def test_calibrate_then_depth(tmp_path: Path, fake: TiltMapper) -> None:
 
 def test_calibration_refused_and_bad_input(tmp_path: Path, fake: TiltMapper) -> None:
     flat = _write(tmp_path, "flat.tif", _frame(0))
-    r = runner.invoke(cli.app, ["calibrate-depth", flat, "--tilt-deg", "0", "-o",
-                                str(tmp_path / "c.json")])
+    r = runner.invoke(
+        cli.app, ["calibrate-depth", flat, "--tilt-deg", "0", "-o", str(tmp_path / "c.json")]
+    )
     assert r.exit_code == 1 and "calibration refused" in r.output and "no depth range" in r.output
     assert not (tmp_path / "c.json").exists()
     a = _write(tmp_path, "a.tif", _frame(3))
@@ -112,8 +126,10 @@ def test_calibration_refused_and_bad_input(tmp_path: Path, fake: TiltMapper) -> 
         (["calibrate-depth", str(tmp_path / "no.tif"), "-t", "3", "-o", "c.json"], "no such"),
         (["calibrate-depth", "--tilt-deg", "3", "-o", "c.json"], "give calibration images"),
         (["calibrate-depth", a, "-t", "3", "--axis", "z", "-o", "c.json"], "--axis"),
-        (["depth", a, "-c", str(tmp_path / "none.json"), "-o", "d.tif"],
-         "none.json: no such calibration file"),
+        (
+            ["depth", a, "-c", str(tmp_path / "none.json"), "-o", "d.tif"],
+            "none.json: no such calibration file",
+        ),
     ]
     for args, msg in cases:
         r = runner.invoke(cli.app, args)
@@ -147,14 +163,17 @@ def test_tiny_network_end_to_end(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     img = rng.integers(0, 4000, size=(256, 320)).astype(np.uint16)
     f = _write(tmp_path, "i.tif", img)
-    r = runner.invoke(cli.app, ["calibrate-depth", f, "-t", "6", "-m", str(mp), "-o",
-                                str(tmp_path / "c.json")])
+    r = runner.invoke(
+        cli.app, ["calibrate-depth", f, "-t", "6", "-m", str(mp), "-o", str(tmp_path / "c.json")]
+    )
     assert r.exit_code == 1 and "calibration refused" in r.output
-    cal = DepthCalibration(features="signed", coef=[1.0, 50.0],
-                           network={"name": card.name, "sha256": card.sha256})
+    cal = DepthCalibration(
+        features="signed", coef=[1.0, 50.0], network={"name": card.name, "sha256": card.sha256}
+    )
     cp = cal.save(tmp_path / "c.json")
-    r = runner.invoke(cli.app, ["depth", f, "-c", str(cp), "-m", str(mp), "-o",
-                                str(tmp_path / "d.tif")])
+    r = runner.invoke(
+        cli.app, ["depth", f, "-c", str(cp), "-m", str(mp), "-o", str(tmp_path / "d.tif")]
+    )
     assert r.exit_code == 0, r.output
     assert tifffile.imread(tmp_path / "d.tif").shape == (256, 320)
 

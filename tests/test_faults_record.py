@@ -29,8 +29,20 @@ def _counted(path: Path) -> int:
 
 
 def _start(out: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "psf_live", "record", "-o", str(out), "-n", "400",
-           "--interval-ms", "30", "--sim-size", "256"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "psf_live",
+        "record",
+        "-o",
+        str(out),
+        "-n",
+        "400",
+        "--interval-ms",
+        "30",
+        "--sim-size",
+        "256",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -115,8 +127,18 @@ def test_calibration_from_another_network(tmp_path: Path) -> None:
         features="eq14", coef=[0.0, 1.0], network={"name": "gaussian2", "sha256": "0" * 64}
     ).save(cal_path)
     r = runner.invoke(
-        app, ["record", "-o", str(tmp_path / "y.zarr"), "-n", "1", "-m", "zernike3",
-              "--calibration", str(cal_path)],
+        app,
+        [
+            "record",
+            "-o",
+            str(tmp_path / "y.zarr"),
+            "-n",
+            "1",
+            "-m",
+            "zernike3",
+            "--calibration",
+            str(cal_path),
+        ],
     )
     assert r.exit_code == 1 and "cal.json" in r.output
 

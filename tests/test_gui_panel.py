@@ -70,16 +70,23 @@ class SharpnessMapper:
         gy = np.abs(np.diff(p, axis=2)).mean(axis=(2, 3))
         sharp = gx + gy
         params = np.stack(
-            [1.0 / (1.0 + 10 * sharp), np.abs(gx - gy) / (gx + gy + 1e-6),
-             np.zeros_like(sharp)], axis=-1,
+            [1.0 / (1.0 + 10 * sharp), np.abs(gx - gy) / (gx + gy + 1e-6), np.zeros_like(sharp)],
+            axis=-1,
         ).astype(np.float32)
         valid = np.ones(sharp.shape, bool)
         return PSFMap(
-            params=params, valid=valid, valid_prob=valid.astype(np.float32),
-            centers_y=patch_centers(sy), centers_x=patch_centers(sx),
-            param_names=("focus", "cylinder", "axis"), units=("waves", "waves", "rad"),
-            psf_model="zernike3", frame_shape=frame.shape, patch_size=128,
-            stride=self.stride, meta=dict(self.meta),
+            params=params,
+            valid=valid,
+            valid_prob=valid.astype(np.float32),
+            centers_y=patch_centers(sy),
+            centers_x=patch_centers(sx),
+            param_names=("focus", "cylinder", "axis"),
+            units=("waves", "waves", "rad"),
+            psf_model="zernike3",
+            frame_shape=frame.shape,
+            patch_size=128,
+            stride=self.stride,
+            meta=dict(self.meta),
         )
 
 
@@ -165,10 +172,17 @@ def test_invalid_patches_are_hatched_not_coloured(qtbot: Any, core: Any) -> None
     params = np.zeros((rows, cols, 3), np.float32)
     params[..., 0], params[..., 1], params[..., 2] = 0.4, 0.2, np.pi / 4
     m = PSFMap(
-        params=params, valid=valid, valid_prob=valid.astype(np.float32),
-        centers_y=64.0 + 128 * np.arange(rows), centers_x=64.0 + 128 * np.arange(cols),
-        param_names=("focus", "cylinder", "axis"), units=("waves", "waves", "rad"),
-        psf_model="zernike3", frame_shape=(512, 640), patch_size=128, stride=128,
+        params=params,
+        valid=valid,
+        valid_prob=valid.astype(np.float32),
+        centers_y=64.0 + 128 * np.arange(rows),
+        centers_x=64.0 + 128 * np.arange(cols),
+        param_names=("focus", "cylinder", "axis"),
+        units=("waves", "waves", "rad"),
+        psf_model="zernike3",
+        frame_shape=(512, 640),
+        patch_size=128,
+        stride=128,
     )
     panel._latest.put(0, np.zeros((512, 640), np.uint16), m, None)
     qtbot.waitUntil(lambda: panel.maps_shown == 1, timeout=5000)
@@ -285,10 +299,17 @@ def _ramp_map(rows: int = 4, cols: int = 5, step: float = 0.1) -> PSFMap:
     params[..., 1] = 0.2
     params[..., 2] = np.pi / 4  # at the lens axis: signed defocus = +focus
     return PSFMap(
-        params=params, valid=valid, valid_prob=valid.astype(np.float32),
-        centers_y=64.0 + 128 * np.arange(rows), centers_x=64.0 + 128 * np.arange(cols),
-        param_names=("focus", "cylinder", "axis"), units=("waves", "waves", "rad"),
-        psf_model="zernike3", frame_shape=(512, 640), patch_size=128, stride=128,
+        params=params,
+        valid=valid,
+        valid_prob=valid.astype(np.float32),
+        centers_y=64.0 + 128 * np.arange(rows),
+        centers_x=64.0 + 128 * np.arange(cols),
+        param_names=("focus", "cylinder", "axis"),
+        units=("waves", "waves", "rad"),
+        psf_model="zernike3",
+        frame_shape=(512, 640),
+        patch_size=128,
+        stride=128,
         meta={"name": "fake-net"},
     )
 

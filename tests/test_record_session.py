@@ -323,7 +323,10 @@ def headless_core():  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("streaming", [False, True])
 def test_record_paces_the_camera_unless_asked_to_stream(
-    tmp_path: Path, estimator, headless_core, streaming: bool  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    estimator,
+    headless_core,
+    streaming: bool,  # type: ignore[no-untyped-def]
 ) -> None:
     """By default every frame is its own acquisition (back-pressure reaches the camera);
     --sequence lets it stream. The engine's own setting is restored afterwards."""
@@ -334,9 +337,7 @@ def test_record_paces_the_camera_unless_asked_to_stream(
     core.setProperty(cam, "SensorWidth", 256)
     core.setProperty(cam, "SensorHeight", 256)
     seen: list[bool] = []
-    core.mda.events.frameReady.connect(
-        lambda *_: seen.append(bool(core.isSequenceRunning()))
-    )
+    core.mda.events.frameReady.connect(lambda *_: seen.append(bool(core.isSequenceRunning())))
     before = core.mda.engine.use_hardware_sequencing
     res = record(core, tmp_path / "p.zarr", estimator, frames=4, hardware_sequencing=streaming)
     assert res.error is None and res.acquired == res.written == 4

@@ -99,3 +99,25 @@ def test_fast_irfft2_equals_torch() -> None:
         ref = torch.fft.irfft2(spec, s=shape[-2:])
         torch.testing.assert_close(irfft2(spec, shape[-2:]), ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(irfft2(spec, shape[-2:], rows=17), ref[..., :17, :])
+
+
+def test_clean_fraction_leaves_patches_noise_free() -> None:
+    """Idealised patches (the Fig. 7 strength-0 case) carry no shot/read noise."""
+    from training.data import DegradeConfig
+
+    kw = {"bank_size": 8, "pool": 8, "types": {"tex": 1.0}}
+    flat = {"invalid_fraction": 1.0, "illum_gradient": (0.0, 0.0)}  # flat fields only
+
+    def raw_std(clean: float) -> torch.Tensor:
+        cfg = DegradeConfig(clean_fraction=clean, **flat)  # type: ignore[arg-type]
+        b = PatchStream("gaussian1", "train", seed=1, degrade=cfg, **kw).next(  # type: ignore[arg-type]
+            64, keep_raw=True
+        )
+        assert b.raw is not None and bool((b.invalid == 1).all())
+        # relative fluctuation of each flat field (FFT round-off is ~1e-7)
+        return b.raw.std(dim=(-2, -1)) / (b.raw.mean(dim=(-2, -1)).abs() + 1e-9)
+
+    assert bool((raw_std(1.0) < 1e-5).all())  # a flat field without noise stays flat
+    assert bool((raw_std(0.0) > 1e-3).all())
+    share = float((raw_std(0.5) < 1e-5).float().mean())
+    assert 0.3 < share < 0.7

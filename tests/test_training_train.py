@@ -124,3 +124,43 @@ def test_train_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     _, card = load_model(out.with_suffix(".pt"))
     assert card.training["world_size"] == 2 and card.training["steps"] == 3
+
+
+def test_train_init_starts_from_saved_weights(tmp_path: Path) -> None:
+    base = [*FAST, "--val-every", "2", "--lr-search-steps", "1"]
+    assert (
+        main(["--psf-model", "gaussian1", "--steps", "2", "--out", str(tmp_path / "a"), *base])
+        == 0
+    )
+    a, _ = load_model(tmp_path / "a.pt")
+    # a fine-tune with a vanishing learning rate keeps the starting weights
+    args = ["--psf-model", "gaussian1", "--steps", "1", "--lr", "1e-12", "--clean-fraction", "0.2"]
+    assert (
+        main([*args, "--init", str(tmp_path / "a.pt"), "--out", str(tmp_path / "b"), *base]) == 0
+    )
+    b, card = load_model(tmp_path / "b.pt")
+    assert card.training["init"] == str(tmp_path / "a.pt")
+    assert card.data_recipe["degrade"]["clean_fraction"] == 0.2
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6), name
+    # control: the same run without --init does not land on those weights
+    assert main([*args, "--out", str(tmp_path / "c"), *base]) == 0
+    c, _ = load_model(tmp_path / "c.pt")
+    assert not all(
+        torch.allclose(pa, pc, atol=1e-6)
+        for pa, pc in zip(a.parameters(), c.parameters(), strict=True)
+    )
+    with pytest.raises(SystemExit, match="gaussian1/tiny model, this run trains zernike1"):
+        main(
+            [
+                "--psf-model",
+                "zernike1",
+                "--steps",
+                "1",
+                "--init",
+                str(tmp_path / "a.pt"),
+                "--out",
+                str(tmp_path / "d"),
+                *base,
+            ]
+        )

@@ -10,7 +10,9 @@ Pipeline per patch (paper Section II-E1, Fig. 2):
    dihedral symmetries with the matching parameter transform), then the central
    128 x 128 crop is taken, so the patch border is blurred correctly;
 4. scaled to a random photon level and corrupted by Poisson-Gaussian noise (Eq. 10)
-   with a random quantum efficiency, read noise and background;
+   with a random quantum efficiency, read noise and background (a fraction
+   ``clean_fraction`` of the patches, 0 by default, is left idealised: no noise, no
+   background);
 5. normalised with :func:`psf_live.nets.normalize_patches` (same as at inference).
 
 Labels: ``invalid`` (a0 = 1) when the sharp 128 x 128 content is black or flat by the
@@ -67,6 +69,9 @@ class DegradeConfig:
     illum_gradient: tuple[float, float] = (0.0, 0.6)  # ramp strength
     invalid_fraction: float = 0.08  # synthetic black/flat patches
     poisson: bool = True
+    # idealised patches: no shot noise, no read noise, no background (the strength-0
+    # points of the Fig. 7 sweep). 0 keeps the random stream of older recipes unchanged.
+    clean_fraction: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict."""
@@ -376,15 +381,21 @@ class PatchStream:
         bg = cfg.background_rel[0] + torch.rand(b, generator=g) * (
             cfg.background_rel[1] - cfg.background_rel[0]
         )
+        clean = torch.zeros(b, dtype=torch.bool)
+        if cfg.clean_fraction > 0:  # drawn only then: older recipes keep their streams
+            clean = torch.rand(b, generator=g) < cfg.clean_fraction
+            rr, bg = torch.where(clean, 0.0, rr), torch.where(clean, 0.0, bg)
         psi = (blurred + bg[:, None, None]) * peak
         # observed-texture rule: blurred signal buried in the noise -> invalid
         sig = beta[:, 0, 0] * peak[:, 0, 0] * _std(blurred, (-2, -1))
+        shot = beta[:, 0, 0] ** 2 * psi.mean(dim=(-2, -1)) * (~clean).float()
         noise = torch.sqrt(
-            (beta[:, 0, 0] ** 2 * psi.mean(dim=(-2, -1)) if cfg.poisson else 0.0)
-            + (rr * beta[:, 0, 0] * peak[:, 0, 0]) ** 2
+            (shot if cfg.poisson else 0.0) + (rr * beta[:, 0, 0] * peak[:, 0, 0]) ** 2
         )
         invalid |= sig < SNR_MIN * noise
         counts = _poisson(psi, g) if cfg.poisson else psi
+        if clean.any():
+            counts = torch.where(clean[:, None, None], psi, counts)
         noisy = beta * counts + (rr[:, None, None] * beta * peak) * torch.randn(
             psi.shape, generator=g
         )

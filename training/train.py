@@ -14,7 +14,8 @@ the parameter term masked on invalid patches (a0 = 1) and on already-smooth cont
 Adam; the learning rate is chosen on the validation stream by short trial runs
 (``--lr-candidates``), then decays with a cosine schedule over the time/step budget;
 early stopping on the validation loss keeps the best weights; checkpoints
-(``<out>.ckpt``) resume with ``--resume``. Under ``torchrun`` the script uses
+(``<out>.ckpt``) resume with ``--resume``; ``--init NAME`` starts from a saved
+model's weights (a fine-tune, e.g. on another noise recipe). Under ``torchrun`` the script uses
 DistributedDataParallel (NCCL on CUDA, gloo on CPU); each rank draws its own stream.
 """
 
@@ -30,13 +31,14 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from psf_live.models import ModelCard, save_model
+from psf_live.models import ModelCard, load_model, save_model
 from psf_live.nets import ARCHS, build_net, get_codec
 from psf_live.psf import get_model
 
@@ -116,9 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m training.train", description=__doc__.split("\n")[0]
     )
     p.add_argument("--psf-model", default="zernike3")
-    p.add_argument(
-        "--arch", default="compact", choices=list(ARCHS)
-    )
+    p.add_argument("--arch", default="compact", choices=list(ARCHS))
     p.add_argument(
         "--out", required=True, help="output path stem (writes .pt, .json, .ckpt, .log.csv)"
     )
@@ -150,12 +150,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--reuse", type=int, default=2, help="steps per generated batch (dihedral re-use)"
     )
+    p.add_argument(
+        "--clean-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of idealised patches: no shot/read noise, no background",
+    )
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from this model's weights (shipped name or .pt; same PSF model and arch)",
+    )
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.minutes is None and a.steps is None:
         p.error("give --minutes and/or --steps")
+    if not 0.0 <= a.clean_fraction <= 1.0:
+        p.error("--clean-fraction must lie in [0, 1]")
     return a
 
 
@@ -187,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     degrade = DegradeConfig()
     if args.noise == "strong":
         degrade = DegradeConfig(peak_photons=(4.0, 20000.0), read_rel=(0.0, 0.35))
+    degrade = replace(degrade, clean_fraction=args.clean_fraction)
     types = None
     if args.types:
         types = {t.strip(): 1.0 for t in args.types.split(",") if t.strip()}
@@ -202,12 +216,26 @@ def main(argv: list[str] | None = None) -> int:
     stream_kw.update(extra)
     torch.manual_seed(args.seed)
     net = build_net(args.arch, codec.n_outputs).to(device)
+    if args.init and not (args.resume and out.with_suffix(".ckpt").exists()):
+        init_net, init_card = load_model(args.init)
+        if (init_card.psf_model, init_card.arch) != (pm.name, args.arch):
+            raise SystemExit(
+                f"--init {args.init}: a {init_card.psf_model}/{init_card.arch} model, "
+                f"this run trains {pm.name}/{args.arch}"
+            )
+        net.load_state_dict(init_net.state_dict())
 
     def held_out(split: str, bank_size: int, pool: int) -> PatchStream:
         """Build the validation or test stream: same data recipe, its own sources."""
         return PatchStream(
-            pm.name, split, args.seed, degrade=degrade, **extra,
-            bank_size=bank_size, pool=pool, refresh=0.25,
+            pm.name,
+            split,
+            args.seed,
+            degrade=degrade,
+            **extra,
+            bank_size=bank_size,
+            pool=pool,
+            refresh=0.25,
         )
 
     val: list[Batch] = []
@@ -366,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                         "best_state": best_state,
                         "lr": lr,
                         "lr_trials": lr_trials,
+                        "init": args.init,
                         "history": history,
                         "arch": args.arch,
                         "psf_model": pm.name,
@@ -424,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                 "world_size": world,
                 "lr": lr,
                 "lr_trials": lr_trials,
+                "init": args.init,
                 "best_val_loss": best_val,
                 "device": str(device),
                 "threads": torch.get_num_threads(),
