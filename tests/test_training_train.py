@@ -150,17 +150,18 @@ def test_train_init_starts_from_saved_weights(tmp_path: Path) -> None:
         torch.allclose(pa, pc, atol=1e-6)
         for pa, pc in zip(a.parameters(), c.parameters(), strict=True)
     )
-    with pytest.raises(SystemExit, match="gaussian1/tiny model, this run trains zernike1"):
-        main(
-            [
-                "--psf-model",
-                "zernike1",
-                "--steps",
-                "1",
-                "--init",
-                str(tmp_path / "a.pt"),
-                "--out",
-                str(tmp_path / "d"),
-                *base,
-            ]
-        )
+    # transfer to another PSF model: everything but the output layer (2 -> 3 outputs)
+    d = tmp_path / "d"
+    assert main(["--psf-model", "gaussian2", "--steps", "1", "--lr", "1e-12",
+                 "--init", str(tmp_path / "a.pt"), "--out", str(d), *base]) == 0  # fmt: skip
+    t, _ = load_model(d.with_suffix(".pt"))
+    same = [
+        torch.allclose(pa, pt, atol=1e-6)
+        for pa, pt in zip(a.parameters(), t.parameters(), strict=True)
+        if pa.shape == pt.shape
+    ]
+    assert all(same) and len(same) == len(list(a.parameters())) - 2  # output weight, bias
+    # another architecture is refused (the last --arch wins over FAST's)
+    e = ["--psf-model", "zernike1", "--steps", "1", "--out", str(tmp_path / "e")]
+    with pytest.raises(SystemExit, match="gaussian1/tiny model, this run trains zernike1/compact"):
+        main([*e, "--init", str(tmp_path / "a.pt"), *base, "--arch", "compact"])

@@ -159,7 +159,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--init",
         default=None,
-        help="start from this model's weights (shipped name or .pt; same PSF model and arch)",
+        help="start from this model's weights (shipped name or .pt, same arch); from "
+        "another PSF model, all but the output layer (transfer)",
     )
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default=None)
@@ -218,12 +219,21 @@ def main(argv: list[str] | None = None) -> int:
     net = build_net(args.arch, codec.n_outputs).to(device)
     if args.init and not (args.resume and out.with_suffix(".ckpt").exists()):
         init_net, init_card = load_model(args.init)
-        if (init_card.psf_model, init_card.arch) != (pm.name, args.arch):
+        if init_card.arch != args.arch:
             raise SystemExit(
                 f"--init {args.init}: a {init_card.psf_model}/{init_card.arch} model, "
                 f"this run trains {pm.name}/{args.arch}"
             )
-        net.load_state_dict(init_net.state_dict())
+        # same PSF model: every tensor; another one (transfer): all but the output layer
+        own = net.state_dict()
+        src = {k: v for k, v in init_net.state_dict().items() if v.shape == own[k].shape}
+        net.load_state_dict(src, strict=False)
+        if main_rank and len(src) < len(own):
+            print(
+                f"--init {args.init} ({init_card.psf_model}): {len(src)} of {len(own)} "
+                f"tensors transferred, re-initialised: {', '.join(sorted(set(own) - set(src)))}",
+                flush=True,
+            )
 
     def held_out(split: str, bank_size: int, pool: int) -> PatchStream:
         """Build the validation or test stream: same data recipe, its own sources."""
