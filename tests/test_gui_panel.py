@@ -171,19 +171,7 @@ def test_invalid_patches_are_hatched_not_coloured(qtbot: Any, core: Any) -> None
     valid[1, 2] = valid[3, 0] = False
     params = np.zeros((rows, cols, 3), np.float32)
     params[..., 0], params[..., 1], params[..., 2] = 0.4, 0.2, np.pi / 4
-    m = PSFMap(
-        params=params,
-        valid=valid,
-        valid_prob=valid.astype(np.float32),
-        centers_y=64.0 + 128 * np.arange(rows),
-        centers_x=64.0 + 128 * np.arange(cols),
-        param_names=("focus", "cylinder", "axis"),
-        units=("waves", "waves", "rad"),
-        psf_model="zernike3",
-        frame_shape=(512, 640),
-        patch_size=128,
-        stride=128,
-    )
+    m = _grid_map(params, valid)
     panel._latest.put(0, np.zeros((512, 640), np.uint16), m, None)
     qtbot.waitUntil(lambda: panel.maps_shown == 1, timeout=5000)
     img = panel.focus_view.image.image
@@ -298,6 +286,12 @@ def _ramp_map(rows: int = 4, cols: int = 5, step: float = 0.1) -> PSFMap:
     params[..., 0] = 0.05 + step * np.arange(cols)[None, :]
     params[..., 1] = 0.2
     params[..., 2] = np.pi / 4  # at the lens axis: signed defocus = +focus
+    return _grid_map(params, valid, meta={"name": "fake-net"})
+
+
+def _grid_map(params: np.ndarray, valid: np.ndarray, **kw: Any) -> PSFMap:
+    """zernike3 map of a 512 x 640 frame on a stride-128 patch grid."""
+    rows, cols = valid.shape
     return PSFMap(
         params=params,
         valid=valid,
@@ -310,7 +304,7 @@ def _ramp_map(rows: int = 4, cols: int = 5, step: float = 0.1) -> PSFMap:
         frame_shape=(512, 640),
         patch_size=128,
         stride=128,
-        meta={"name": "fake-net"},
+        **kw,
     )
 
 
