@@ -233,7 +233,7 @@ def main() -> int:
     ap.add_argument("--model", default="zernike3")
     ap.add_argument("--tta", action="store_true", help="map with test-time augmentation")
     ap.add_argument("--features", default="signed", choices=list(FEATURE_SETS))
-    ap.add_argument("--fit", default="inverse", choices=["inverse", "forward"])
+    ap.add_argument("--fit", default="forward", choices=["inverse", "forward"])
     ap.add_argument("--clean", action="store_true",
                     help="drop patches that disagree with their neighbours (clean_depth)")
     ap.add_argument("--per-tilt", type=int, default=10, help="images per calibration tilt")

@@ -214,9 +214,10 @@ def calibrate_depth(
     ),
     lens_axis_deg: float = typer.Option(45.0, "--lens-axis-deg", help="Cylindrical lens axis."),
     fit: str = typer.Option(
-        "inverse",
+        "forward",
         "--fit",
-        help="inverse (unbiased tilts, default) or forward (least per-patch error; cubics).",
+        help="forward (default: least per-patch error, measured closest tilts) or inverse "
+        "(unbiased under pure metric noise; linear models only).",
     ),
     min_r2: float = typer.Option(0.9, "--min-r2", help="Refuse fits with a lower R^2."),
     tta: bool = _TTA_OPTION,

@@ -283,6 +283,11 @@ def test_inverse_fit_keeps_the_tilt_under_metric_noise():
     assert t_f < 7.7  # shrunk by the noise
     assert t_i == pytest.approx(8.0, abs=0.25)
     assert inv.fit == "inverse" and DepthCalibration.from_dict(inv.to_dict()).fit == "inverse"
+    # the default is the forward fit (measured better with the shipped networks), and a
+    # calibration file written before the field existed reads as the inverse fit it was
+    assert fit_calibration(maps, [6, 10, 6, 10], min_r2=0.0).fit == "forward"
+    old = {k: v for k, v in fwd.to_dict().items() if k != "fit"}
+    assert DepthCalibration.from_dict(old).fit == "inverse"
     with pytest.raises(CalibrationError, match="linear model"):
         fit_calibration(maps, [6, 10, 6, 10], features="signed-cubic", fit="inverse")
 

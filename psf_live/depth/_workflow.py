@@ -91,7 +91,7 @@ def calibrate_frames(
     features: str = "signed",
     lens_axis: float = DEFAULT_LENS_AXIS,
     min_r2: float = MIN_R2,
-    fit: str = "inverse",
+    fit: str = "forward",
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
 ) -> DepthCalibration:
     """Map every calibration frame and fit a :class:`DepthCalibration` on the maps.
