@@ -43,7 +43,15 @@ def _start(out: Path) -> subprocess.Popen[bytes]:
         "--sim-size",
         "256",
     ]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A shell that starts the test run in the background (``cmd &`` without job control)
+    # passes SIGINT on as ignored, and Python then installs no KeyboardInterrupt handler:
+    # give the recorder the default disposition, as a terminal would.
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def _wait_frames(proc: subprocess.Popen[bytes], out: Path, n: int) -> None:
