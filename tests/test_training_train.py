@@ -143,6 +143,18 @@ def test_train_init_starts_from_saved_weights(tmp_path: Path) -> None:
     assert card.data_recipe["degrade"]["clean_fraction"] == 0.2
     for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-6), name
+    # resuming the fine-tune without --init keeps its origin in the card
+    resumed = [
+        "--psf-model",
+        "gaussian1",
+        "--steps",
+        "2",
+        "--resume",
+        "--out",
+        str(tmp_path / "b"),
+    ]
+    assert main([*resumed, *base]) == 0
+    assert load_model(tmp_path / "b.pt")[1].training["init"] == str(tmp_path / "a.pt")
     # control: the same run without --init does not land on those weights
     assert main([*args, "--out", str(tmp_path / "c"), *base]) == 0
     c, _ = load_model(tmp_path / "c.pt")

@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.load_state_dict(ck["opt"])
         step, elapsed0, best_val = ck["step"], ck["elapsed"], ck["best_val"]
         best_state, lr, lr_trials = ck["best_state"], ck["lr"], ck.get("lr_trials", {})
+        args.init = args.init or ck.get("init")  # a resumed fine-tune keeps its origin
         history = ck.get("history", [])
     assert lr is not None
     budget_s = args.minutes * 60 if args.minutes else math.inf
