@@ -6,7 +6,13 @@ import torch
 from psf_live.psf import convolve, render_psf
 
 training_data = pytest.importorskip("training.data")
-from training.data import PatchStream, PSFBank, valid_blur, validity_rule  # noqa: E402
+from training.data import (  # noqa: E402
+    PatchStream,
+    PSFBank,
+    draw_ranges,
+    valid_blur,
+    validity_rule,
+)
 from training.sources import SOURCE_TYPES, image_bank, make_sources  # noqa: E402
 
 
@@ -25,6 +31,27 @@ def test_dihedral_bank_parameters_match_rendered_kernels() -> None:
     k, p = bank.draw(16, torch.Generator().manual_seed(1))
     assert float((render_psf("zernike3", p) - k).abs().max()) < 1e-6
     assert bool(((p[:, 2] >= 0) & (p[:, 2] < math.pi)).all())
+
+
+def test_param_ranges_narrow_the_draw_only() -> None:
+    # a zernike3 bank for one cylindrical lens: cylinder in [0.2, 0.3], the rest untouched
+    bank = PSFBank("zernike3", size=64, seed=5, param_ranges={"cylinder": (0.2, 0.3)})
+    _, p = bank.draw(256, torch.Generator().manual_seed(2))
+    assert float(p[:, 1].min()) >= 0.2 and float(p[:, 1].max()) <= 0.3
+    assert float(p[:, 0].min()) < 0.1 and float(p[:, 0].max()) > 0.9  # focus: full [0, 1]
+    # without ranges the cylinder covers the model's [0, 0.5]
+    _, q = PSFBank("zernike3", size=64, seed=5).draw(256, torch.Generator().manual_seed(2))
+    assert float(q[:, 1].max()) > 0.4
+    # Gaussian banks draw fresh kernels, from the narrowed interval too
+    s = PatchStream("gaussian1", "val", 0, pool=8, param_ranges={"width": (2.0, 3.0)})
+    assert bool(((s.next(16).params >= 2.0) & (s.next(16).params <= 3.0)).all())
+    assert draw_ranges("gaussian2", {"width_y": (1.0, 2.0)}) == ((0.5, 8.0), (1.0, 2.0))
+    with pytest.raises(ValueError, match="no parameter 'sigma'"):
+        draw_ranges("gaussian1", {"sigma": (1.0, 2.0)})
+    with pytest.raises(ValueError, match="inside the model's"):
+        draw_ranges("zernike3", {"cylinder": (0.2, 0.9)})
+    with pytest.raises(ValueError, match="inside the model's"):
+        draw_ranges("zernike1", {"focus": (0.5, 0.5)})
 
 
 def test_validity_rule() -> None:

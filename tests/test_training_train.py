@@ -126,6 +126,19 @@ def test_train_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert card.training["world_size"] == 2 and card.training["steps"] == 3
 
 
+def test_train_param_range_is_recorded_and_checked(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r"
+    args = ["--psf-model", "gaussian1", "--steps", "1", "--lr", "1e-3", "--out", str(out)]
+    assert main([*args, "--param-range", "width=2,3", *FAST, "--val-every", "1"]) == 0
+    _, card = load_model(out.with_suffix(".pt"))
+    assert card.data_recipe["param_ranges"] == {"width": [2.0, 3.0]}
+    assert card.ranges == [[0.5, 8.0]]  # the outputs keep the model's range
+    for bad, msg in (("width=2", "expected NAME=LO,HI"), ("width=0.1,3", "inside the model's")):
+        with pytest.raises(SystemExit):
+            main([*args, "--param-range", bad, *FAST])
+        assert msg in capsys.readouterr().err
+
+
 def test_train_init_starts_from_saved_weights(tmp_path: Path) -> None:
     base = [*FAST, "--val-every", "2", "--lr-search-steps", "1"]
     assert (

@@ -29,6 +29,7 @@ headline R^2) and are scored separately by ``training.evaluate`` (data type
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,6 +47,7 @@ __all__ = [
     "PSFBank",
     "PatchStream",
     "dihedral_batch",
+    "draw_ranges",
     "valid_blur",
     "validity_rule",
 ]
@@ -132,10 +134,55 @@ def _poisson(psi: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out
 
 
-def _sample_params(model_name: str, n: int, g: torch.Generator) -> torch.Tensor:
+def draw_ranges(
+    model_name: str, param_ranges: Mapping[str, tuple[float, float]] | None = None
+) -> tuple[tuple[float, float], ...]:
+    """Intervals the training parameters are drawn from: the model's, some narrowed.
+
+    Parameters
+    ----------
+    model_name : str
+        PSF model name.
+    param_ranges : mapping of str -> (float, float), optional
+        Narrower intervals for some parameters, e.g. ``{"cylinder": (0.15, 0.35)}`` for
+        a network made for one cylindrical lens. Each must lie inside the model's range
+        (the network's outputs keep the model's full range). An ``axis`` interval is
+        followed by the exact flips/transposes of the data (a -> -a, a -> pi/2 - a), so
+        the network also sees its mirror images.
+
+    Returns
+    -------
+    tuple of (float, float)
+        One closed interval per parameter, in the model's order.
+    """
     m = get_model(model_name)
-    lo = torch.tensor([r[0] for r in m.ranges])
-    hi = torch.tensor([r[1] for r in m.ranges])
+    given = dict(param_ranges or {})
+    for name in given:
+        if name not in m.param_names:
+            raise ValueError(
+                f"{model_name} has no parameter {name!r}; it has {', '.join(m.param_names)}"
+            )
+    out = []
+    for name, (lo, hi) in zip(m.param_names, m.ranges, strict=True):
+        a, b = (float(v) for v in given.get(name, (lo, hi)))
+        if not lo <= a < b <= hi:
+            raise ValueError(
+                f"range {name}={a:g},{b:g} must be an interval inside the model's [{lo:g}, {hi:g}]"
+            )
+        out.append((a, b))
+    return tuple(out)
+
+
+def _sample_params(
+    model_name: str,
+    n: int,
+    g: torch.Generator,
+    param_ranges: Mapping[str, tuple[float, float]] | None = None,
+) -> torch.Tensor:
+    m = get_model(model_name)
+    rng = draw_ranges(model_name, param_ranges)
+    lo = torch.tensor([r[0] for r in rng])
+    hi = torch.tensor([r[1] for r in rng])
     return lo + torch.rand(n, m.n_params, generator=g) * (hi - lo)
 
 
@@ -190,18 +237,27 @@ class PSFBank:
     seed : int
         Seed of the parameter draws.
     optics : Optics, optional
+    param_ranges : mapping of str -> (float, float), optional
+        Narrower draw intervals for some parameters (see :func:`draw_ranges`).
     """
 
     def __init__(
-        self, psf_model: str, size: int = 2048, seed: int = 0, optics: Optics | None = None
+        self,
+        psf_model: str,
+        size: int = 2048,
+        seed: int = 0,
+        optics: Optics | None = None,
+        param_ranges: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.model = get_model(psf_model)
         self.optics = optics or Optics()
         self.k = self.model.kernel_size
         self.fresh = self.model.kind == "gaussian"
+        self.param_ranges = dict(param_ranges or {})
+        draw_ranges(self.model.name, self.param_ranges)  # fail early on a bad range
         g = torch.Generator().manual_seed(seed)
         if not self.fresh:
-            params = _sample_params(self.model.name, size, g)
+            params = _sample_params(self.model.name, size, g, self.param_ranges)
             chunks = [
                 render_psf(self.model, params[i : i + 128], optics=self.optics)
                 for i in range(0, size, 128)
@@ -211,7 +267,7 @@ class PSFBank:
     def draw(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``n`` (kernels (n, k, k), params (n, N)) drawn uniformly."""
         if self.fresh:
-            p = _sample_params(self.model.name, n, g)
+            p = _sample_params(self.model.name, n, g, self.param_ranges)
             return render_psf(self.model, p), p
         idx = torch.randint(0, len(self.params), (n,), generator=g)
         flip = torch.rand(n, generator=g) < 0.5
@@ -254,6 +310,10 @@ class PatchStream:
         Fraction of the pool replaced by new sources per batch.
     bank : PSFBank, optional
         Shared kernel bank (built from ``seed`` if omitted).
+    bank_size : int
+        Kernels of the bank built when ``bank`` is omitted.
+    param_ranges : dict of str -> (float, float), optional
+        Narrower draw intervals for that bank (see :func:`draw_ranges`).
     """
 
     psf_model: str
@@ -267,12 +327,15 @@ class PatchStream:
     refresh: float = 0.1
     bank: PSFBank | None = None
     bank_size: int = 2048
+    param_ranges: dict[str, tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
         off = {"train": 0, "val": 1_000_003, "test": 2_000_003}[self.split]
         self.g = torch.Generator().manual_seed(self.seed + off)
         if self.bank is None:
-            self.bank = PSFBank(self.psf_model, self.bank_size, self.seed + off)
+            self.bank = PSFBank(
+                self.psf_model, self.bank_size, self.seed + off, param_ranges=self.param_ranges
+            )
         self.k = self.bank.k
         self.r = PATCH + self.k - 1
         names = [t for t in self.types if self.types[t] > 0]

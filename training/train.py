@@ -15,7 +15,9 @@ Adam; the learning rate is chosen on the validation stream by short trial runs
 (``--lr-candidates``), then decays with a cosine schedule over the time/step budget;
 early stopping on the validation loss keeps the best weights; checkpoints
 (``<out>.ckpt``) resume with ``--resume``; ``--init NAME`` starts from a saved
-model's weights (a fine-tune, e.g. on another noise recipe). Under ``torchrun`` the script uses
+model's weights (a fine-tune, e.g. on another noise recipe); ``--param-range
+cylinder=0.15,0.35`` narrows the training draw of a parameter (a network for one
+cylindrical lens). Under ``torchrun`` the script uses
 DistributedDataParallel (NCCL on CUDA, gloo on CPU); each rank draws its own stream.
 """
 
@@ -42,7 +44,7 @@ from psf_live.models import ModelCard, load_model, save_model
 from psf_live.nets import ARCHS, build_net, get_codec
 from psf_live.psf import get_model
 
-from .data import Batch, DegradeConfig, PatchStream, dihedral_batch
+from .data import Batch, DegradeConfig, PatchStream, dihedral_batch, draw_ranges
 from .metrics import r2_report
 
 
@@ -157,6 +159,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fraction of idealised patches: no shot/read noise, no background",
     )
     p.add_argument(
+        "--param-range",
+        action="append",
+        default=[],
+        metavar="NAME=LO,HI",
+        help="draw this parameter from a narrower interval, e.g. cylinder=0.15,0.35 for one "
+        "cylindrical lens (repeatable; the outputs keep the model's range)",
+    )
+    p.add_argument(
         "--init",
         default=None,
         help="start from this model's weights (shipped name or .pt, same arch); from "
@@ -170,6 +180,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("give --minutes and/or --steps")
     if not 0.0 <= a.clean_fraction <= 1.0:
         p.error("--clean-fraction must lie in [0, 1]")
+    ranges: dict[str, tuple[float, float]] = {}
+    for spec in a.param_range:
+        name, _, vals = spec.partition("=")
+        try:
+            lo, hi = (float(v) for v in vals.split(","))
+        except ValueError:
+            p.error(f"--param-range {spec!r}: expected NAME=LO,HI, e.g. cylinder=0.15,0.35")
+        ranges[name.strip()] = (lo, hi)
+    try:
+        draw_ranges(a.psf_model, ranges)
+    except ValueError as e:
+        p.error(f"--param-range: {e}")
+    a.param_ranges = ranges
     return a
 
 
@@ -214,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         "pool": args.pool,
     }
     extra: dict[str, Any] = {"types": types} if types else {}
+    if args.param_ranges:  # train, validation and test streams alike
+        extra["param_ranges"] = args.param_ranges
     stream_kw.update(extra)
     torch.manual_seed(args.seed)
     net = build_net(args.arch, codec.n_outputs).to(device)
@@ -445,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
                 "blurred signal std < 0.05 x noise std; synthetic black/flat patches; "
                 "smooth content (detail ratio<0.04) excluded from the parameter loss",
                 "noise": args.noise,
+                **(
+                    {"param_ranges": {k: list(v) for k, v in args.param_ranges.items()}}
+                    if args.param_ranges
+                    else {}
+                ),
                 "reuse": args.reuse,
                 "seed": args.seed,
             },

@@ -40,7 +40,9 @@ class ModelCard:
     param_names, units : list of str
         Public parameters and their units.
     ranges : list of [lo, hi]
-        Training ranges; outputs are clipped to them.
+        The PSF model's parameter ranges; outputs are clipped to them. A recipe that
+        drew some parameters from narrower intervals lists those in
+        ``data_recipe["param_ranges"]``.
     arch : str
         Architecture passed to :func:`psf_live.nets.build_net`.
     n_outputs : int
