@@ -173,19 +173,6 @@ def draw_ranges(
     return tuple(out)
 
 
-def _sample_params(
-    model_name: str,
-    n: int,
-    g: torch.Generator,
-    param_ranges: Mapping[str, tuple[float, float]] | None = None,
-) -> torch.Tensor:
-    m = get_model(model_name)
-    rng = draw_ranges(model_name, param_ranges)
-    lo = torch.tensor([r[0] for r in rng])
-    hi = torch.tensor([r[1] for r in rng])
-    return lo + torch.rand(n, m.n_params, generator=g) * (hi - lo)
-
-
 def _dihedral(
     model_name: str,
     kernels: torch.Tensor,
@@ -254,20 +241,27 @@ class PSFBank:
         self.k = self.model.kernel_size
         self.fresh = self.model.kind == "gaussian"
         self.param_ranges = dict(param_ranges or {})
-        draw_ranges(self.model.name, self.param_ranges)  # fail early on a bad range
+        # checked and resolved once: Gaussian banks draw fresh parameters every batch
+        rng = draw_ranges(self.model.name, self.param_ranges)
+        self._lo = torch.tensor([r[0] for r in rng])
+        self._hi = torch.tensor([r[1] for r in rng])
         g = torch.Generator().manual_seed(seed)
         if not self.fresh:
-            params = _sample_params(self.model.name, size, g, self.param_ranges)
+            params = self._sample(size, g)
             chunks = [
                 render_psf(self.model, params[i : i + 128], optics=self.optics)
                 for i in range(0, size, 128)
             ]
             self.params, self.kernels = params, torch.cat(chunks)
 
+    def _sample(self, n: int, g: torch.Generator) -> torch.Tensor:
+        """``n`` parameter vectors drawn uniformly from the bank's intervals."""
+        return self._lo + torch.rand(n, len(self._lo), generator=g) * (self._hi - self._lo)
+
     def draw(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``n`` (kernels (n, k, k), params (n, N)) drawn uniformly."""
         if self.fresh:
-            p = _sample_params(self.model.name, n, g, self.param_ranges)
+            p = self._sample(n, g)
             return render_psf(self.model, p), p
         idx = torch.randint(0, len(self.params), (n,), generator=g)
         flip = torch.rand(n, generator=g) < 0.5

@@ -456,28 +456,26 @@ def main(argv: list[str] | None = None) -> int:
         ts = held_out("test", bank_size=min(args.bank_size, 1024), pool=512)
         test = [ts.next(args.batch_size) for _ in range(args.test_batches)]
         ev = evaluate_batches(net, pm.name, test, device)
+        recipe: dict[str, Any] = {
+            "sources": stream_kw.get("types")
+            or PatchStream.__dataclass_fields__["types"].default_factory(),  # type: ignore[misc]
+            "degrade": degrade.to_dict(),
+            "psf_bank_size": args.bank_size,
+            "pool": args.pool,
+            "invalid_rule": "black: <4 px above 0.1; flat: std<0.02 (sharp content, [0,1]); "
+            "blurred signal std < 0.05 x noise std; synthetic black/flat patches; "
+            "smooth content (detail ratio<0.04) excluded from the parameter loss",
+            "noise": args.noise,
+            "reuse": args.reuse,
+            "seed": args.seed,
+        }
+        if args.param_ranges:  # only then: older cards stay as they were
+            recipe["param_ranges"] = {k: list(v) for k, v in args.param_ranges.items()}
         card = ModelCard.for_psf_model(
             args.name or out.name,
             pm.name,
             args.arch,
-            data_recipe={
-                "sources": stream_kw.get("types")
-                or PatchStream.__dataclass_fields__["types"].default_factory(),  # type: ignore[misc]
-                "degrade": degrade.to_dict(),
-                "psf_bank_size": args.bank_size,
-                "pool": args.pool,
-                "invalid_rule": "black: <4 px above 0.1; flat: std<0.02 (sharp content, [0,1]); "
-                "blurred signal std < 0.05 x noise std; synthetic black/flat patches; "
-                "smooth content (detail ratio<0.04) excluded from the parameter loss",
-                "noise": args.noise,
-                **(
-                    {"param_ranges": {k: list(v) for k, v in args.param_ranges.items()}}
-                    if args.param_ranges
-                    else {}
-                ),
-                "reuse": args.reuse,
-                "seed": args.seed,
-            },
+            data_recipe=recipe,
             metrics={
                 "r2": ev["r2"]["r2"],
                 "r2_per_param": {k: v for k, v in ev["r2"].items() if k != "r2"},
