@@ -190,3 +190,40 @@ def test_train_init_starts_from_saved_weights(tmp_path: Path) -> None:
     e = ["--psf-model", "zernike1", "--steps", "1", "--out", str(tmp_path / "e")]
     with pytest.raises(SystemExit, match="gaussian1/tiny model, this run trains zernike1/compact"):
         main([*e, "--init", str(tmp_path / "a.pt"), *base, "--arch", "compact"])
+
+
+def test_train_seed_draws_a_fresh_stream_and_keeps_the_held_out_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.train as train_mod
+
+    seen: list[tuple[str, float]] = []
+
+    class Recording(train_mod.PatchStream):  # type: ignore[misc,name-defined]
+        def next(self, n):
+            b = super().next(n)
+            seen.append((self.split, float(b.x.double().sum())))
+            return b
+
+    monkeypatch.setattr(train_mod, "PatchStream", Recording)
+    base = ["--psf-model", "gaussian1", "--steps", "2", "--val-every", "2", "--lr", "1e-2", *FAST]
+
+    def run(name: str, *extra: str):
+        seen.clear()
+        assert main([*base, "--out", str(tmp_path / name), *extra]) == 0
+        net, card = load_model(tmp_path / f"{name}.pt")
+        return net, card, {s: [v for k, v in seen if k == s] for s in ("train", "val", "test")}
+
+    a, card_a, pa = run("a")
+    same, _, ps = run("same", "--train-seed", "0")  # the default is --seed
+    b, card_b, pb = run("b", "--train-seed", "5")
+    assert "train_seed" not in card_a.data_recipe and card_b.data_recipe["train_seed"] == 5
+    assert pa == ps and pa["train"] and pa["val"] and pa["test"]
+    for wa, ws in zip(a.parameters(), same.parameters(), strict=True):
+        assert torch.equal(wa, ws)
+    # another training seed: other training patches, the same validation and test patches
+    assert pb["val"] == pa["val"] and pb["test"] == pa["test"]
+    assert not set(pb["train"]) & set(pa["train"])
+    assert not all(
+        torch.allclose(wa, wb) for wa, wb in zip(a.parameters(), b.parameters(), strict=True)
+    )

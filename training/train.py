@@ -136,6 +136,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-batches", type=int, default=32)
     p.add_argument("--patience", type=int, default=8, help="validations without improvement")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="seed of the training stream only (default: --seed); a fine-tune (--init) "
+        "with a new one sees fresh patches, scored on the same validation/test streams",
+    )
     p.add_argument("--workers", type=int, default=1, help="data-generation processes per rank")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the training step")
     p.add_argument("--bank-size", type=int, default=2048)
@@ -222,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     pm = get_model(args.psf_model)
     codec = get_codec(pm.name)
     degrade = DegradeConfig()
+    train_seed = args.seed if args.train_seed is None else args.train_seed
     if args.noise == "strong":
         degrade = DegradeConfig(peak_photons=(4.0, 20000.0), read_rel=(0.0, 0.35))
     degrade = replace(degrade, clean_fraction=args.clean_fraction)
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     stream_kw: dict[str, Any] = {
         "psf_model": pm.name,
         "split": "train",
-        "seed": args.seed + 7919 * rank,
+        "seed": train_seed + 7919 * rank,
         "degrade": degrade,
         "bank_size": args.bank_size,
         "pool": args.pool,
@@ -469,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
             "reuse": args.reuse,
             "seed": args.seed,
         }
+        if train_seed != args.seed:  # only then: older cards stay as they were
+            recipe["train_seed"] = train_seed
         if args.param_ranges:  # only then: older cards stay as they were
             recipe["param_ranges"] = {k: list(v) for k, v in args.param_ranges.items()}
         card = ModelCard.for_psf_model(
