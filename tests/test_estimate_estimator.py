@@ -90,10 +90,10 @@ def test_cpu_deterministic(tiny_path: Path, est: Estimator, frame: np.ndarray) -
 
 def test_optimized_matches_plain(frame: np.ndarray) -> None:
     net, card = make_tiny(seed=3)
-    plain = Estimator(net, card, "cpu", optimize=False)
+    plain = Estimator(net, card, "cpu", optimize=False, precision="fp32")
     ref = plain.map(frame, fill=False)
     net2, _ = make_tiny(seed=3)
-    opt = Estimator(net2, card, "cpu", optimize=True)
+    opt = Estimator(net2, card, "cpu", optimize=True, precision="fp32")
     m = opt.map(frame, fill=False)
     np.testing.assert_allclose(m.valid_prob, ref.valid_prob, atol=1e-4)
     np.testing.assert_allclose(m.params[..., :2], ref.params[..., :2], atol=1e-4)
@@ -109,8 +109,9 @@ def test_optimized_spectral_net_matches_plain(frame: np.ndarray) -> None:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-    ref = Estimator(net, card, "cpu", optimize=False).map(frame, fill=False)
-    opt = Estimator(net, card, "cpu", optimize=True)
+    # fp32 on both sides: on a CPU with native bf16 "auto" may pick bf16 (its own check)
+    ref = Estimator(net, card, "cpu", optimize=False, precision="fp32").map(frame, fill=False)
+    opt = Estimator(net, card, "cpu", optimize=True, precision="fp32")
     assert opt.channels_last and not any(
         isinstance(m, torch.nn.BatchNorm2d) for m in opt.net.modules()
     )
@@ -217,3 +218,27 @@ def test_tta_makes_the_map_equivariant_to_transposing_the_frame() -> None:
         if tta:
             np.testing.assert_allclose(b.valid_prob, a.valid_prob.T, atol=1e-5)
     assert errs[True] < 1e-4 < errs[False]
+
+
+def test_auto_precision_on_cpu_takes_bf16_only_where_native_and_checked(
+    frame: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import psf_live.estimate._estimator as mod
+
+    monkeypatch.setattr(mod, "_cpu_has_native_bf16", lambda: False)
+    net, card = make_tiny(seed=3)
+    plain = Estimator(net, card, "cpu")
+    assert plain.precision == "fp32" and not plain.precision_check
+    ref = plain.map(frame, fill=False)
+    monkeypatch.setattr(mod, "_cpu_has_native_bf16", lambda: True)
+    net, _ = make_tiny(seed=3)
+    auto = Estimator(net, card, "cpu")
+    chk = auto.precision_check
+    assert chk["ok"] and auto.precision == "bf16", chk
+    assert chk["max_rel_param_diff"] <= 0.01 and chk["max_valid_prob_diff"] <= 0.02
+    m = auto.map(frame, fill=False)
+    assert not np.array_equal(m.params, ref.params)  # bf16 really ran
+    # on a real frame, too, within the check's tolerance: 1 % of focus / cylinder range
+    np.testing.assert_allclose(m.params[..., 0], ref.params[..., 0], atol=0.01 * 1.0)
+    np.testing.assert_allclose(m.params[..., 1], ref.params[..., 1], atol=0.01 * 0.5)
+    np.testing.assert_allclose(m.valid_prob, ref.valid_prob, atol=0.02)
