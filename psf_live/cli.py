@@ -33,6 +33,31 @@ def _load_calibration(path: str | None) -> Any:
         raise fail(str(exc) if path in str(exc) else f"{path}: {exc}") from None
 
 
+def _calibrated_estimator(
+    model: str | None, cal: Any, calibration: str | None, **kwargs: Any
+) -> Any:
+    """Load the network a depth calibration was made with (``--model`` overrides), checked.
+
+    Without ``--model`` the calibration's own network is used, mapped the way it was
+    (with or without ``--tta``); a calibration made with another network is refused here
+    with one line, before any camera starts.
+    """
+    from psf_live.estimate import Estimator
+
+    name = model or (cal.network.get("name") if cal is not None else None)
+    tta = bool(cal.network.get("tta", False)) if cal is not None else False
+    try:
+        est = Estimator.load(name, tta=tta, **kwargs)
+    except Exception as exc:
+        raise fail(f"cannot load model {name or 'zernike3'!r}: {exc}") from None
+    if cal is not None:
+        try:
+            cal.check_network(dict(getattr(est, "meta", {}) or {}), where=calibration)
+        except Exception as exc:
+            raise fail(str(exc).splitlines()[0]) from None
+    return est
+
+
 def _load_frames(path: str) -> tuple[Any, bool]:
     """Read a 2D image or a T x H x W stack as ((T, H, W) frames, was it a stack).
 
@@ -68,6 +93,7 @@ def _has_display() -> bool:
     return any(importlib.util.find_spec(m) for m in ("PySide6", "PyQt6", "PyQt5"))
 
 
+_MODEL_HELP = "Shipped model name or weights path (default: the calibration's, else zernike3)."
 _TTA_OPTION = typer.Option(
     False, "--tta", help="Average each patch over its 8 rotations/flips (8x slower, finer)."
 )
@@ -102,16 +128,23 @@ def demo(
     from psf_live.acquire._monitor import run_demo
 
     cal = _load_calibration(calibration)
+    model = cal.network.get("name") if cal is not None else None  # the calibration's network
     if gui is None:
         gui = _has_display()
     if gui:
         from psf_live.gui import run_gui
 
-        raise typer.Exit(run_gui(calibration=calibration))
+        raise typer.Exit(run_gui(model=model, calibration=calibration))
     if record_to is not None and Path(record_to).exists():
         raise fail(f"{record_to}: already exists; choose a new path for the recording")
+    est = _calibrated_estimator(None, cal, calibration) if cal is not None else None
     target = Path(record_to or Path(tempfile.mkdtemp(prefix="psf-live-demo-")) / "demo.zarr")
-    run_demo(frames=frames, echo=typer.echo, calibration=cal, record_path=target)
+    try:
+        run_demo(
+            frames=frames, echo=typer.echo, calibration=cal, record_path=target, estimator=est
+        )
+    except (TimeoutError, RuntimeError) as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -148,7 +181,7 @@ def estimate(
 def monitor(
     config: str = typer.Option(None, "--config", "-c", help="Micro-Manager .cfg (default: sim)."),
     frames: int = typer.Option(20, "--frames", "-n", min=1, help="Frames to map."),
-    model: str = typer.Option(None, "--model", "-m", help="Shipped model name or weights path."),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
     stride: int = typer.Option(64, "--stride", "-s", min=1, help="Patch stride in pixels."),
     calibration: str = typer.Option(
         None, "--calibration", help="Depth calibration JSON: tilt in degrees."
@@ -157,22 +190,16 @@ def monitor(
     """Headless live monitoring: one line per mapped frame (focus, tilt, fps, latency)."""
     from psf_live.acquire import open_core
     from psf_live.acquire._monitor import monitor as run_monitor
-    from psf_live.estimate import Estimator
 
     cal = _load_calibration(calibration)
+    est = _calibrated_estimator(model, cal, calibration, stride=stride)
     try:
         core = open_core(config, headless=True)
     except Exception as exc:
         raise fail(str(exc)) from None
-    try:  # a calibration made with --tta is applied to maps made the same way
-        tta = bool(cal.network.get("tta", False)) if cal is not None else False
-        est = Estimator.load(model, stride=stride, tta=tta)
-    except Exception as exc:
-        core.unloadAllDevices()
-        raise fail(f"cannot load model {model or 'default'!r}: {exc}") from None
     try:
         result = run_monitor(core, est, frames=frames, echo=typer.echo, calibration=cal)
-    except TimeoutError as exc:
+    except (TimeoutError, RuntimeError) as exc:
         raise fail(str(exc)) from None
     finally:
         if core.isSequenceRunning():
@@ -400,7 +427,7 @@ def depth_cmd(
 @app.command()
 def gui(
     config: str = typer.Option(None, "--config", "-c", help="Micro-Manager .cfg (default: sim)."),
-    model: str = typer.Option(None, "--model", "-m", help="Shipped model name or weights path."),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
     stride: int = typer.Option(64, "--stride", "-s", min=16, help="Patch stride in pixels."),
     calibration: str = typer.Option(
         None, "--calibration", help="Depth calibration JSON (calibrate-depth)."
@@ -420,10 +447,13 @@ def gui(
 
     if calibration is not None and not os.path.exists(calibration):
         raise fail(f"{calibration}: calibration file not found")
+    cal = _load_calibration(calibration)
+    # without --model: the network the calibration was made with
+    name: str | None = model or (cal.network.get("name") if cal is not None else None)
     try:
         from psf_live.gui import run_gui
 
-        code = run_gui(config, model=model, stride=stride, calibration=calibration)
+        code = run_gui(config, model=name, stride=stride, calibration=calibration)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     if code:
@@ -492,7 +522,7 @@ def record(
         help="Let the camera stream (hardware sequencing); by default each frame waits for "
         "room in the recording queue, so none is lost.",
     ),
-    model: str = typer.Option(None, "--model", "-m", help="Shipped model name or weights path."),
+    model: str = typer.Option(None, "--model", "-m", help=_MODEL_HELP),
     calibration: str = typer.Option(None, "--calibration", help="Depth calibration JSON."),
     fail_at_frame: int = typer.Option(
         -1, "--sim-fail-at", hidden=True, help="Simulated camera fails at this frame (tests)."
@@ -518,17 +548,7 @@ def record(
     if not os.access(parent, os.W_OK):
         raise fail(f"{output}: directory {parent} is not writable")
     cal = _load_calibration(calibration)
-    name = model or (cal.network.get("name") if cal is not None else None)
-    tta = bool(cal.network.get("tta", False)) if cal is not None else False
-    try:  # a calibration made with --tta maps every frame that way too
-        est = _load_estimator(name, tta=tta)
-    except Exception as exc:
-        raise fail(f"cannot load model {name or 'zernike3'!r}: {exc}") from None
-    if cal is not None:
-        try:
-            cal.check_network(dict(getattr(est, "meta", {}) or {}), where=calibration)
-        except Exception as exc:
-            raise fail(str(exc).splitlines()[0]) from None
+    est = _calibrated_estimator(model, cal, calibration)
     try:
         core = open_core(config, headless=True)
     except Exception as exc:

@@ -127,3 +127,62 @@ def test_demo_cli_runs_records_and_says_what_is_missing(tmp_path: Path) -> None:
     # A second run refuses to overwrite the recording.
     r = runner.invoke(app, ["demo", "--frames", "1", "--no-gui", "--record", str(store)])
     assert r.exit_code != 0 and "already exists" in r.stderr
+
+
+class Broken:
+    """An estimator whose every map fails."""
+
+    def __init__(self) -> None:
+        self.meta: dict[str, Any] = {}
+
+    def map(self, frame: np.ndarray) -> PSFMap:
+        raise ValueError("broken network")
+
+
+def test_monitor_reports_failing_maps_instead_of_waiting(core: Any) -> None:
+    from psf_live.acquire._monitor import monitor
+
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"failed on 3 frames in a row.*broken network"):
+        monitor(core, Broken(), frames=3, echo=None, timeout=60.0)
+    assert time.perf_counter() - t0 < 20.0  # not the timeout
+    assert not _threads()
+
+
+def _calibration_for(name: str, path: Path, tta: bool = False) -> Path:
+    from psf_live.depth import DepthCalibration
+
+    card = models.load_model(name)[1]
+    net = {"name": card.name, "sha256": card.sha256, "tta": tta}
+    cal = DepthCalibration(features="signed", coef=[0.0, 70.0], network=net)
+    return cal.save(path)
+
+
+def test_monitor_and_demo_follow_the_calibration_network(tmp_path: Path) -> None:
+    """A calibration made with a non-default network drives monitor/demo with that network;
+    another network or mode given with it is refused at once, in one line."""
+    from psf_live.acquire._live import LiveMapper
+    from psf_live.cli import app
+    from psf_live.depth import CalibrationError, DepthCalibration
+
+    cp = _calibration_for("zernike3-spectral", tmp_path / "cal.json")
+    r = runner.invoke(app, ["monitor", "-n", "2", "--stride", "128", "--calibration", str(cp)])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("frame")]
+    assert len(lines) == 2 and all(" deg " in ln for ln in lines)
+    t0 = time.perf_counter()
+    r = runner.invoke(app, ["monitor", "-n", "2", "-m", "zernike3", "--calibration", str(cp)])
+    assert r.exit_code == 1 and time.perf_counter() - t0 < 20.0
+    assert r.stderr.startswith("error:") and "made with network 'zernike3-spectral'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    store = tmp_path / "demo.zarr"
+    r = runner.invoke(
+        app, ["demo", "-n", "1", "--no-gui", "--calibration", str(cp), "--record", str(store)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "zernike3-spectral" in r.stdout and "no depth calibration" not in r.stdout
+    tp = _calibration_for("zernike3-spectral", tmp_path / "tta.json", tta=True)
+    est = Estimator.load("zernike3-spectral")
+    with pytest.raises(CalibrationError, match="test-time augmentation"):
+        LiveMapper(None, est, calibration=DepthCalibration.load(tp))
+    assert not _threads()

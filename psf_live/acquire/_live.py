@@ -156,7 +156,9 @@ class LiveMapper:
         Which frames to take from ``core``: ``"sequence"`` (circular buffer), ``"mda"``
         and/or ``"snap"`` (``imageSnapped`` outside MDA).
     calibration : DepthCalibration, optional
-        Passed to :func:`~psf_live.estimate.summarize` (tilt in degrees).
+        Passed to :func:`~psf_live.estimate.summarize` (tilt in degrees). It must have
+        been made with ``estimator``'s network (and its ``tta`` mode): a
+        :class:`~psf_live.depth.CalibrationError` here, not a failure on every frame.
     lens_axis : float
         Cylindrical lens axis for the signed defocus.
     poll_interval : float
@@ -187,6 +189,9 @@ class LiveMapper:
         if self.maxsize < 1:
             raise ValueError("maxsize must be >= 1")
         self.sources = tuple(sources)
+        check = getattr(calibration, "check_network", None)
+        if check is not None:  # another network would fail every frame, silently
+            check(dict(getattr(estimator, "meta", {}) or {}))
         self.calibration = calibration
         self.lens_axis = lens_axis
         self.poll_interval = poll_interval

@@ -85,6 +85,15 @@ def monitor(
     Returns
     -------
     MonitorResult
+
+    Raises
+    ------
+    psf_live.depth.CalibrationError
+        The calibration was made with another network (before acquisition starts).
+    RuntimeError
+        ``frames`` maps in a row failed (the message has the last error).
+    TimeoutError
+        Fewer than ``frames`` frames were mapped within ``timeout``.
     """
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
@@ -93,10 +102,17 @@ def monitor(
     mapper = LiveMapper(
         core, estimator, mode="latest", calibration=calibration, lens_axis=lens_axis
     )
+    failed: list[BaseException] = []  # consecutive mapping failures
+
+    def on_fail(index: int, exc: BaseException) -> None:
+        failed.append(exc)
+        if len(failed) >= frames:
+            done.set()
 
     def on_map(index: int, frame: np.ndarray, m: PSFMap, t: MapTimings) -> None:
         if done.is_set():
             return
+        failed.clear()
         result.indices.append(index)
         result.summaries.append(m.summary)
         result.timings.append(t)
@@ -107,6 +123,7 @@ def monitor(
             done.set()
 
     mapper.events.mapReady.connect(on_map)
+    mapper.events.mapFailed.connect(on_fail)
     with mapper:
         core.startContinuousSequenceAcquisition(0)
         try:
@@ -114,8 +131,13 @@ def monitor(
         finally:
             core.stopSequenceAcquisition()
     result.stats = mapper.stats()
-    if not finished:
-        raise TimeoutError(f"only {len(result.indices)} of {frames} frames mapped in {timeout} s")
+    if len(result.indices) < frames:
+        last = f"; last error: {failed[-1]}" if failed else ""
+        if finished:
+            raise RuntimeError(f"mapping failed on {len(failed)} frames in a row{last}")
+        raise TimeoutError(
+            f"only {len(result.indices)} of {frames} frames mapped in {timeout} s{last}"
+        )
     return result
 
 
@@ -132,6 +154,7 @@ def run_demo(
     calibration: DepthCalibration | None = None,
     record_path: str | Path | None = None,
     record_frames: int = 5,
+    estimator: Any = None,
 ) -> MonitorResult:
     """Run the first-contact job: the simulated scope streams, the live mapper maps, text out.
 
@@ -140,16 +163,18 @@ def run_demo(
     that the pipeline still runs, saying so), maps ``frames`` frames live and prints
     focus and tilt per frame (in degrees with a depth ``calibration``), a summary, and
     what is still missing. With ``record_path`` it then records ``record_frames``
-    frames (raw, PSF map, validity) to an OME-Zarr store there and says so.
+    frames (raw, PSF map, validity) to an OME-Zarr store there and says so. An
+    ``estimator`` given here is used instead of loading ``model``.
     """
     from psf_live.acquire import open_core
     from psf_live.estimate import Estimator
 
     missing: list[str] = []
     kwargs: dict[str, Any] = {} if stride is None else {"stride": stride}
+    trained = True
     try:
-        estimator = Estimator.load(model, **kwargs)
-        trained = True
+        if estimator is None:
+            estimator = Estimator.load(model, **kwargs)
     except Exception as exc:  # no shipped weights yet, or a bad name
         if model is not None:
             raise
