@@ -98,6 +98,7 @@ _TTA_OPTION = typer.Option(
     False, "--tta", help="Average each patch over its 8 rotations/flips (8x slower, finer)."
 )
 
+
 @app.command()
 def demo(
     frames: int = typer.Option(30, "--frames", "-n", min=1, help="Frames to map."),
