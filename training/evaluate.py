@@ -119,15 +119,38 @@ _BANKS: dict[tuple[str, int], PSFBank] = {}
 BANK_SIZE = [512]
 
 
+Ranges = dict[str, tuple[float, float]] | None
+
+
 def _stream(
-    psf_model: str, types: dict[str, float], seed: int, cfg: DegradeConfig, pool: int
+    psf_model: str,
+    types: dict[str, float],
+    seed: int,
+    cfg: DegradeConfig,
+    pool: int,
+    ranges: Ranges = None,
 ) -> PatchStream:
-    key = (psf_model, seed)
-    if key not in _BANKS:  # one kernel bank per model and seed (rendering is the slow part)
-        _BANKS[key] = PSFBank(psf_model, BANK_SIZE[0], seed + 2_000_003)
+    key = (psf_model, seed, tuple(sorted((ranges or {}).items())))
+    if key not in _BANKS:  # one kernel bank per model, seed and draw intervals (slow part)
+        _BANKS[key] = PSFBank(psf_model, BANK_SIZE[0], seed + 2_000_003, param_ranges=ranges)
     return PatchStream(
         psf_model, "test", seed, types=types, degrade=cfg, bank=_BANKS[key], pool=pool, refresh=0.0
     )
+
+
+def card_ranges(card: Any, which: str = "card") -> Ranges:
+    """Draw intervals to test a model on: its card's ``param_ranges`` (``"card"``), if any.
+
+    A network trained for one set-up (``training.train --param-range``, e.g. the cylinder of
+    one cylindrical lens) is scored on the parameters it was made for; ``"full"`` scores it
+    on the PSF model's whole ranges like every other network (off its prior).
+    """
+    if which not in ("card", "full"):
+        raise ValueError(f"ranges must be 'card' or 'full', got {which!r}")
+    rec = (getattr(card, "data_recipe", None) or {}).get("param_ranges") or {}
+    if which == "full" or not rec:
+        return None
+    return {k: (float(v[0]), float(v[1])) for k, v in rec.items()}
 
 
 def _quantise(b: Batch, level: float) -> Batch:
@@ -140,13 +163,18 @@ def _quantise(b: Batch, level: float) -> Batch:
 
 
 def eval_types(
-    net: torch.nn.Module, psf_model: str, n_batches: int, seed: int, bs: int
+    net: torch.nn.Module,
+    psf_model: str,
+    n_batches: int,
+    seed: int,
+    bs: int,
+    ranges: Ranges = None,
 ) -> dict[str, dict[str, float]]:
     """Table III row: R^2 per test data type (+ smooth content, + validity on black/flat)."""
     rows: dict[str, dict[str, float]] = {}
     cfg = DegradeConfig(invalid_fraction=0.0)
     for t in SOURCE_TYPES:
-        s = _stream(psf_model, {t: 1.0}, seed, cfg, pool=max(64, n_batches * bs // 2))
+        s = _stream(psf_model, {t: 1.0}, seed, cfg, max(64, n_batches * bs // 2), ranges)
         r = predict(net, psf_model, [s.next(bs) for _ in range(n_batches)])
         rows[t] = score(psf_model, r)
         if t in ("nat", "micr", "tex"):
@@ -157,7 +185,12 @@ def eval_types(
                 rows["smooth*"] = score(psf_model, rs, use_weight=False)
     # validity on textured vs synthetic black/flat patches
     s = _stream(
-        psf_model, {"tex": 1.0, "nat": 1.0}, seed, DegradeConfig(invalid_fraction=0.5), pool=128
+        psf_model,
+        {"tex": 1.0, "nat": 1.0},
+        seed,
+        DegradeConfig(invalid_fraction=0.5),
+        pool=128,
+        ranges=ranges,
     )
     r = predict(net, psf_model, [s.next(bs) for _ in range(n_batches)])
     textured = (r["inv"] == 0) & (r["w"] > 0)
@@ -169,7 +202,12 @@ def eval_types(
 
 
 def eval_sweep(
-    net: torch.nn.Module, psf_model: str, n_batches: int, seed: int, bs: int
+    net: torch.nn.Module,
+    psf_model: str,
+    n_batches: int,
+    seed: int,
+    bs: int,
+    ranges: Ranges = None,
 ) -> dict[str, list[float]]:
     """Fig. 7: R^2 vs degradation strength for each degradation type (mixed test stream)."""
     types = {"syn": 1.0, "poi": 0.7, "tex": 1.5, "nat": 1.5, "micr": 1.0}
@@ -178,7 +216,7 @@ def eval_sweep(
         vals = []
         for s_ in STRENGTHS:
             cfg, level = sweep_config(kind, s_)
-            st = _stream(psf_model, types, seed, cfg, pool=max(64, n_batches * bs // 2))
+            st = _stream(psf_model, types, seed, cfg, max(64, n_batches * bs // 2), ranges)
             bl = [st.next(bs, keep_raw=level is not None) for _ in range(n_batches)]
             if level is not None:
                 bl = [_quantise(b, level) for b in bl]
@@ -188,7 +226,13 @@ def eval_sweep(
 
 
 def eval_images(
-    net: torch.nn.Module, psf_model: str, folder: Path, n_batches: int, seed: int, bs: int
+    net: torch.nn.Module,
+    psf_model: str,
+    folder: Path,
+    n_batches: int,
+    seed: int,
+    bs: int,
+    ranges: Ranges = None,
 ) -> dict[str, float]:
     """Degrade crops of a user's TIFF/PNG images with known PSFs and score them."""
     from . import sources
@@ -216,7 +260,7 @@ def eval_images(
             a = a[a.shape[0] // 2]
         a = (a - a.min()) / max(float(a.max() - a.min()), 1e-8)
         ims.append(torch.from_numpy(np.ascontiguousarray(a)))
-    s = _stream(psf_model, {"tex": 1.0}, seed, DegradeConfig(invalid_fraction=0.0), pool=8)
+    s = _stream(psf_model, {"tex": 1.0}, seed, DegradeConfig(invalid_fraction=0.0), 8, ranges)
     g = torch.Generator().manual_seed(seed)
     bl = []
     for _ in range(n_batches):
@@ -347,6 +391,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--bank-size", type=int, default=512, help="Zernike kernels rendered for the test"
     )
+    p.add_argument(
+        "--ranges",
+        choices=["card", "full"],
+        default="card",
+        help="draw the test PSFs from the card's param_ranges when it has them (a network "
+        "made for one set-up) or from the PSF model's full ranges",
+    )
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -359,7 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         pm = card.psf_model
         if a.tta:
             net = DihedralMean(net, pm)
-        rows = eval_types(net, pm, a.batches, a.seed, a.batch_size)
+        ranges = card_ranges(card, a.ranges)
+        if ranges:
+            print(f"{card.name}: test PSFs drawn from its training intervals {ranges}")
+        rows = eval_types(net, pm, a.batches, a.seed, a.batch_size, ranges)
         validity = rows.pop("_validity")
         train_types = card.data_recipe.get("sources", {})
         tag = "+".join(k for k, v in train_types.items() if v) or "?"
@@ -372,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         cols += ["r2", "validity_acc", "n"]
         if a.images is not None:
             rows[f"images:{a.images.name}"] = eval_images(
-                net, pm, a.images, a.batches, a.seed, a.batch_size
+                net, pm, a.images, a.batches, a.seed, a.batch_size, ranges
             )
         print(
             _fmt_table(
@@ -386,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         entry: dict[str, Any] = {"types": rows, "validity": validity}
         if not a.no_sweep:
-            sw = eval_sweep(net, pm, a.batches, a.seed, a.batch_size)
+            sw = eval_sweep(net, pm, a.batches, a.seed, a.batch_size, ranges)
             lines = [
                 "### Fig. 7-style robustness: R^2 vs degradation strength",
                 "",

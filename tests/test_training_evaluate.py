@@ -1,0 +1,51 @@
+"""training.evaluate: Table III rows on the held-out test stream, a card's draw intervals."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from psf_live import models, nets
+
+pytest.importorskip("training.evaluate")
+from training import evaluate
+from training.data import DegradeConfig
+
+
+def _tiny(tmp_path: Path, recipe: dict) -> Path:
+    card = models.ModelCard.for_psf_model("lens-z3", "zernike3", "tiny", data_recipe=recipe)
+    torch.manual_seed(0)
+    return models.save_model(nets.build_net("tiny", card.n_outputs).eval(), card, tmp_path / "m")
+
+
+def test_card_ranges_choose_the_test_draw(tmp_path: Path) -> None:
+    _, lens = models.load_model(_tiny(tmp_path, {"param_ranges": {"cylinder": [0.2, 0.3]}}))
+    assert evaluate.card_ranges(lens) == {"cylinder": (0.2, 0.3)}
+    assert evaluate.card_ranges(lens, "full") is None
+    _, generic = models.load_model(_tiny(tmp_path / "g", {}))
+    assert evaluate.card_ranges(generic) is None
+    with pytest.raises(ValueError, match="'card' or 'full'"):
+        evaluate.card_ranges(lens, "lens")
+    # the test stream really draws from those intervals (and from the full range without)
+    evaluate.BANK_SIZE[0] = 32
+    cfg = DegradeConfig(invalid_fraction=0.0)
+    narrow = evaluate._stream("zernike3", {"tex": 1.0}, 0, cfg, 16, {"cylinder": (0.2, 0.3)})
+    cyl = narrow.next(16).params[:, 1]
+    assert float(cyl.min()) >= 0.2 - 1e-6 and float(cyl.max()) <= 0.3 + 1e-6
+    wide = evaluate._stream("zernike3", {"tex": 1.0}, 0, cfg, 16).next(16).params[:, 1]
+    assert float(wide.min()) < 0.2 or float(wide.max()) > 0.3
+
+
+def test_evaluate_runs_on_the_card_ranges(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _tiny(tmp_path, {"param_ranges": {"cylinder": [0.2, 0.3]}})
+    out = tmp_path / "eval"
+    args = ["--model", str(path), "--batches", "1", "--batch-size", "8", "--bank-size", "16"]
+    assert evaluate.main([*args, "--no-sweep", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "test PSFs drawn from its training intervals {'cylinder': (0.2, 0.3)}" in text
+    assert "Table III-style: lens-z3 (zernike3, tiny)" in text
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["models"]["lens-z3"]["types"]) >= {"syn", "poi", "tex", "nat", "micr"}
+    assert evaluate.main([*args, "--no-sweep", "--ranges", "full", "--out", str(out)]) == 0
+    assert "training intervals" not in capsys.readouterr().out
