@@ -116,30 +116,45 @@ def demo(
         "--record",
         help="Where the short demo recording goes (default: a new temporary folder).",
     ),
+    calibrate: bool = typer.Option(
+        True,
+        "--calibrate/--no-calibrate",
+        help="Without --calibration: first calibrate depth on the simulated scope (tilted "
+        "grid at 3/6/10 deg, zernike3-lens), so depth and tilt come in um and degrees.",
+    ),
 ) -> None:
     """Run the whole product on the built-in simulated microscope (no hardware needed).
 
-    With a display this opens the live panel (focus, astigmatism, depth, tilt). Without
-    one it streams frames through the live mapper, prints focus and tilt per frame, and
-    records a few frames (raw, PSF map, validity) to an OME-Zarr store it names.
+    First (unless --calibration or --no-calibrate) it calibrates depth on the simulated
+    scope as a user would on a tilted grid, so depth and tilt come in um and degrees. With
+    a display it then opens the live panel (focus, astigmatism, depth, tilt). Without one
+    it streams frames through the live mapper, prints focus and tilt per frame, and
+    records a few frames (raw, PSF map, validity, depth) to an OME-Zarr store it names.
     """
     import tempfile
     from pathlib import Path
 
     from psf_live.acquire._monitor import run_demo
 
-    cal = _load_calibration(calibration)
+    if record_to is not None and Path(record_to).exists():
+        raise fail(f"{record_to}: already exists; choose a new path for the recording")
+    workdir = Path(tempfile.mkdtemp(prefix="psf-live-demo-"))
+    cal_path: str | None = calibration
+    if cal_path is None and calibrate:
+        from psf_live.acquire import calibrate_demo_scope
+
+        made = calibrate_demo_scope(workdir / "depth_calibration.json", echo=typer.echo)
+        cal_path = str(made) if made is not None else None
+    cal = _load_calibration(cal_path)
     model = cal.network.get("name") if cal is not None else None  # the calibration's network
     if gui is None:
         gui = _has_display()
     if gui:
         from psf_live.gui import run_gui
 
-        raise typer.Exit(run_gui(model=model, calibration=calibration))
-    if record_to is not None and Path(record_to).exists():
-        raise fail(f"{record_to}: already exists; choose a new path for the recording")
-    est = _calibrated_estimator(None, cal, calibration) if cal is not None else None
-    target = Path(record_to or Path(tempfile.mkdtemp(prefix="psf-live-demo-")) / "demo.zarr")
+        raise typer.Exit(run_gui(model=model, calibration=cal_path))
+    est = _calibrated_estimator(None, cal, cal_path) if cal is not None else None
+    target = Path(record_to or workdir / "demo.zarr")
     try:
         run_demo(
             frames=frames, echo=typer.echo, calibration=cal, record_path=target, estimator=est
@@ -346,21 +361,15 @@ def _acquire_depth_calibration(  # type: ignore[no-untyped-def]
     core, tilts: list[float], axis: str, per_tilt: int, pixel_size_um: float | None
 ):
     """Frames at each tilt: set in software on the simulator, by the user on a real scope."""
-    import numpy as np
+    from psf_live.acquire import is_sim_with_tilt, sim_tilt_setter
 
-    cam = core.getCameraDevice()
-    sim = core.hasProperty(cam, "TiltDeg")
+    sim = is_sim_with_tilt(core)
     px = pixel_size_um if pixel_size_um is not None else (core.getPixelSizeUm() or 0.64)
-    rng = np.random.default_rng()
+    set_sim_tilt = sim_tilt_setter(core, axis) if sim else None
 
     def set_tilt(t: float, k: int) -> None:
-        if sim:
-            # in-focus line through the centre: focal plane at the sample's height
-            core.setPosition(float(core.getProperty(cam, "SampleZUm")))
-            core.setProperty(cam, "TiltAxis", axis)
-            core.setProperty(cam, "TiltDeg", t)
-            core.setProperty(cam, "SampleOffsetXUm", float(rng.uniform(0, 200)))
-            core.setProperty(cam, "SampleOffsetYUm", float(rng.uniform(0, 200)))
+        if set_sim_tilt is not None:
+            set_sim_tilt(t, k)
         elif k == 0:
             typer.prompt(
                 f"Tilt the grid by {t:+g} deg along {axis} (+{axis} side farther from the "

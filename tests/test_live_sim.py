@@ -113,13 +113,14 @@ def test_demo_cli_runs_records_and_says_what_is_missing(tmp_path: Path) -> None:
     from psf_live.store import verify_store
 
     store = tmp_path / "demo.zarr"
-    r = runner.invoke(app, ["demo", "--frames", "2", "--no-gui", "--record", str(store)])
+    args = ["demo", "--frames", "2", "--no-gui", "--no-calibrate", "--record", str(store)]
+    r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     out = r.stdout
     assert "simulated microscope" in out
     assert len([ln for ln in out.splitlines() if ln.startswith("frame")]) == 2
     assert "summary:" in out and "still missing:" in out
-    assert "depth calibration" in out
+    assert "no depth calibration loaded" in out and "depth: calibrated" not in out
     assert f"recording: {store}" in out
     report = verify_store(store)
     assert report["ok"] and report["frames"] == 5
@@ -186,3 +187,54 @@ def test_monitor_and_demo_follow_the_calibration_network(tmp_path: Path) -> None
     with pytest.raises(CalibrationError, match="test-time augmentation"):
         LiveMapper(None, est, calibration=DepthCalibration.load(tp))
     assert not _threads()
+
+
+@pytest.mark.skipif(
+    "zernike3-lens" not in models.available_models(), reason="zernike3-lens not shipped"
+)
+def test_demo_calibrates_depth_on_the_sim_first(tmp_path: Path) -> None:
+    """The first-contact demo shows the third application too: it calibrates depth on the
+    simulated scope (tilted grid at 3/6/10 deg) and then reports the 6 deg tilt in degrees."""
+    import json
+    import re
+
+    from psf_live.cli import app
+    from psf_live.store import verify_store
+
+    store = tmp_path / "demo.zarr"
+    r = runner.invoke(app, ["demo", "--frames", "3", "--no-gui", "--record", str(store)])
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    made = re.search(r"depth: calibrated on the simulated scope .* -> (\S+)", out)
+    assert made, out
+    cal = json.loads(Path(made.group(1)).read_text())
+    assert cal["network"]["name"] == "zernike3-lens" and len(cal["report"]["images"]) == 6
+    assert "estimator: Estimator(model='zernike3-lens'" in out
+    frames = [ln for ln in out.splitlines() if ln.startswith("frame")]
+    assert len(frames) == 3 and all(" deg " in ln for ln in frames)
+    tilt = re.search(r"tilt \(depth calibration\): x ([-+0-9.]+) deg, y ([-+0-9.]+) deg", out)
+    assert tilt, out
+    assert 4.5 < float(tilt.group(1)) < 7.5 and abs(float(tilt.group(2))) < 1.0  # truth 6, 0
+    assert "no depth calibration loaded" not in out
+    assert verify_store(store)["ok"]
+    assert not _threads()
+
+
+def test_calibrate_sim_restores_the_scope(core: Any, tmp_path: Path) -> None:
+    from psf_live.acquire import calibrate_demo_scope, calibrate_sim
+
+    cam = core.getCameraDevice()
+    names = ("TiltDeg", "TiltAxis", "SampleOffsetXUm", "SampleOffsetYUm")
+    core.setProperty(cam, "SampleOffsetXUm", 17.0)
+    core.setPosition(3.0)
+    before = {p: core.getProperty(cam, p) for p in names}
+    cal = calibrate_sim(core, Estimator.load("zernike3"), min_r2=0.0, seed=1)
+    assert {p: core.getProperty(cam, p) for p in names} == before
+    assert core.getPosition() == pytest.approx(3.0)
+    tilts = [im["tilt_deg"] for im in cal.report["images"]]
+    assert tilts == [3.0, 3.0, 6.0, 6.0, 10.0, 10.0]
+    assert cal.coef[1] > 0 and cal.network["name"] == "zernike3"  # deeper -> larger focus
+    said: list[str] = []
+    assert calibrate_demo_scope(tmp_path / "c.json", echo=said.append, model="nope") is None
+    assert said == ["depth: no calibration ('nope' is not shipped in this install)"]
+    assert not (tmp_path / "c.json").exists()

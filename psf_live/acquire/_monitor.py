@@ -222,6 +222,11 @@ def run_demo(
             f"({s[-1].plane_quantity}); median plane residual "
             f"{_median([x.residual for x in s]):.3f} {s[-1].plane_unit}"
         )
+        cal_tilts = [x for x in s if x.tilt_x_deg is not None and x.tilt_y_deg is not None]
+        if cal_tilts:
+            tx = _median([float(x.tilt_x_deg) for x in cal_tilts])  # type: ignore[arg-type]
+            ty = _median([float(x.tilt_y_deg) for x in cal_tilts])  # type: ignore[arg-type]
+            echo(f"  tilt (depth calibration): x {tx:+.2f} deg, y {ty:+.2f} deg")
         est = [t for t in (optics_tilt_deg(x) for x in s) if t is not None]
         if est and calibration is None:
             tx, ty = _median([t[0] for t in est]), _median([t[1] for t in est])
@@ -238,11 +243,10 @@ def run_demo(
     if calibration is None:
         missing.append(
             "no depth calibration loaded: tilt is the slope of the signed defocus (waves per "
-            "mm), not degrees; calibrate with `psf-live calibrate-depth --config "
-            "psf_live_sim.cfg --tilt-deg 3,6,10 -o cal.json`, then `psf-live demo "
-            "--calibration cal.json` (or monitor) reports degrees; with the shipped, "
-            "under-trained zernike3 the fit reaches R^2 ~0.6-0.8 and is refused below "
-            "--min-r2 0.9 (pass --min-r2 0.5 to accept a rough calibration)"
+            "mm), not degrees; `psf-live demo` calibrates the simulated scope itself (unless "
+            "--no-calibrate); on any scope: `psf-live calibrate-depth --config CFG --tilt-deg "
+            "3,6,10 --model zernike3-lens -o cal.json` (pass --min-r2 0.5 to accept a rough "
+            "fit), then `--calibration cal.json` here, in monitor, gui or record"
         )
     missing.append(
         "this was the text demo: with a display, `psf-live demo` (or `psf-live gui`) opens the "

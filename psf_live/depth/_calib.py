@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -263,8 +264,7 @@ class DepthCalibration:
         if bool(self.network.get("tta", False)) != bool(meta.get("tta", False)):
             mode = "with" if self.network.get("tta") else "without"
             raise CalibrationError(
-                f"{where}: made {mode} test-time augmentation (--tta); map the images "
-                f"the same way"
+                f"{where}: made {mode} test-time augmentation (--tta); map the images the same way"
             )
 
     def predict(self, params: npt.ArrayLike, names: Sequence[str] | None = None) -> np.ndarray:
@@ -299,9 +299,11 @@ class DepthCalibration:
         return cal
 
     def save(self, path: str | Path) -> Path:
-        """Write the calibration as JSON; return the path."""
+        """Write the calibration as JSON, atomically (no half-written file); return the path."""
         p = Path(path)
-        p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, p)
         return p
 
     @classmethod
@@ -643,8 +645,9 @@ def fit_calibration(
             )
         if not valid.any():
             raise CalibrationError(f"image {i} (tilt {t} deg): no valid patch")
-        truth = true_depth_grid(m.centers_y, m.centers_x, float(t), axis, pixel_size_um,
-                                tuple(m.frame_shape))
+        truth = true_depth_grid(
+            m.centers_y, m.centers_x, float(t), axis, pixel_size_um, tuple(m.frame_shape)
+        )
         tv = truth[valid]
         if float(tv.max() - tv.min()) < MIN_RANGE_UM:
             raise CalibrationError(
@@ -686,7 +689,9 @@ def fit_calibration(
         s = ii == i
         images.append(
             ImageFit(
-                index=i, tilt_deg=float(t), n_valid=int(s.sum()),
+                index=i,
+                tilt_deg=float(t),
+                n_valid=int(s.sum()),
                 depth_range_um=float(y[s].max() - y[s].min()),
                 r2=_r2(y[s], pred[s]),
                 r2_inliers=_r2(y[s & inl], pred[s & inl]) if (s & inl).any() else float("nan"),
@@ -698,8 +703,10 @@ def fit_calibration(
         r2=_r2(y, pred),
         r2_inliers=_r2(y[inl], pred[inl]),
         rms_um=float(np.sqrt(np.mean((y - pred) ** 2))),
-        mae_um=float(np.mean(np.abs(y - pred))), n_patches=int(y.size),
-        n_outliers=int((w < 0.5).sum()), images=tuple(images),
+        mae_um=float(np.mean(np.abs(y - pred))),
+        n_patches=int(y.size),
+        n_outliers=int((w < 0.5).sum()),
+        images=tuple(images),
     )
     if not report.r2_inliers >= min_r2:
         raise CalibrationError(
