@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,36 +18,53 @@ SHAPE = (512, 512)
 PX = 0.64
 
 
-@pytest.fixture(scope="module")
-def maps() -> dict[float, list]:
+# (network, minimum correlation with the true depth, largest tilt error in degrees): the
+# network trained for the lens's cylinder range is held to a much tighter standard
+NETWORKS = [
+    pytest.param(("zernike3", 0.3, 4.0), id="zernike3"),
+    pytest.param(
+        ("zernike3-lens", 0.9, 1.5),
+        id="zernike3-lens",
+        marks=pytest.mark.skipif(
+            "zernike3-lens" not in models.available_models(), reason="not shipped"
+        ),
+    ),
+]
+
+
+@pytest.fixture(scope="module", params=NETWORKS)
+def maps(request: pytest.FixtureRequest) -> dict[str, Any]:
     from psf_live.estimate import Estimator
     from psf_live.sim import SimMicroscope, SimSettings
 
+    name, min_corr, max_tilt_err = request.param
     scope = SimMicroscope(SimSettings(shape=SHAPE), seed=0, device="cpu")
     scope.update(cylinder=0.25, cylinder_axis=math.pi / 4, tilt_axis="x")
-    est = Estimator.load("zernike3", device="cpu")
+    est = Estimator.load(name, device="cpu")
     out: dict[float, list] = {}
     for k, t in enumerate((10.0, -10.0, 10.0, 6.0, -6.0)):
         scope.update(tilt_deg=t, sample_offset_um=(37.0 * k, 53.0 * k))
         out.setdefault(t, []).append(est.map(scope.snap(0.0, 10.0)))
-    return out
+    return {"maps": out, "min_corr": min_corr, "max_tilt_err": max_tilt_err}
 
 
-def test_calibrated_depth_on_sim_frames(maps: dict[float, list]) -> None:
-    """Physics with the shipped network: positive signed focus means beyond the focal
+def test_calibrated_depth_on_sim_frames(maps: dict[str, Any]) -> None:
+    """Physics with the shipped networks: positive signed focus means beyond the focal
     plane, the tilt sign is right on unseen frames, and depth correlates with the truth.
     (Accuracy targets belong to benchmarks/depth_table6.py.)"""
-    cal_maps = maps[10.0] + maps[-10.0]
+    min_corr, max_tilt_err = maps["min_corr"], maps["max_tilt_err"]
+    by_tilt = maps["maps"]
+    cal_maps = by_tilt[10.0] + by_tilt[-10.0]
     cal = fit_calibration(cal_maps, [10.0, 10.0, -10.0], pixel_size_um=PX, min_r2=0.0)
     assert cal.coef[1] > 0  # signed focus grows with depth (the sim's sign convention)
     for t in (6.0, -6.0):
-        m = maps[t][0]
+        m = by_tilt[t][0]
         d = depth_map(m, cal)
         truth = true_depth_grid(m.centers_y, m.centers_x, t, "x", PX, SHAPE)
         ok = np.isfinite(d)
         assert ok.mean() > 0.5
-        assert np.corrcoef(d[ok], truth[ok])[0, 1] > 0.3
+        assert np.corrcoef(d[ok], truth[ok])[0, 1] > min_corr
         plane = fit_depth_plane(d, m.centers_y, m.centers_x, PX, SHAPE)
         assert np.sign(plane.tilt_x_deg) == np.sign(t)
-        assert 2.0 < abs(plane.tilt_x_deg) < 12.0
+        assert abs(plane.tilt_x_deg - t) < max_tilt_err
         assert abs(plane.tilt_y_deg) < abs(plane.tilt_x_deg)
