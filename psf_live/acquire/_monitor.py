@@ -105,6 +105,8 @@ def monitor(
     failed: list[BaseException] = []  # consecutive mapping failures
 
     def on_fail(index: int, exc: BaseException) -> None:
+        if done.is_set():  # the worker goes on until the mapper stops: count what stopped us
+            return
         failed.append(exc)
         if len(failed) >= frames:
             done.set()
