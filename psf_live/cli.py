@@ -131,6 +131,7 @@ def demo(
     it streams frames through the live mapper, prints focus and tilt per frame, and
     records a few frames (raw, PSF map, validity, depth) to an OME-Zarr store it names.
     """
+    import functools
     import tempfile
     from pathlib import Path
 
@@ -138,12 +139,16 @@ def demo(
 
     if record_to is not None and Path(record_to).exists():
         raise fail(f"{record_to}: already exists; choose a new path for the recording")
-    workdir = Path(tempfile.mkdtemp(prefix="psf-live-demo-"))
+
+    @functools.cache
+    def workdir() -> Path:  # made only when something is written there
+        return Path(tempfile.mkdtemp(prefix="psf-live-demo-"))
+
     cal_path: str | None = calibration
     if cal_path is None and calibrate:
         from psf_live.acquire import calibrate_demo_scope
 
-        made = calibrate_demo_scope(workdir / "depth_calibration.json", echo=typer.echo)
+        made = calibrate_demo_scope(workdir() / "depth_calibration.json", echo=typer.echo)
         cal_path = str(made) if made is not None else None
     cal = _load_calibration(cal_path)
     model = cal.network.get("name") if cal is not None else None  # the calibration's network
@@ -154,7 +159,7 @@ def demo(
 
         raise typer.Exit(run_gui(model=model, calibration=cal_path))
     est = _calibrated_estimator(None, cal, cal_path) if cal is not None else None
-    target = Path(record_to or workdir / "demo.zarr")
+    target = Path(record_to) if record_to else workdir() / "demo.zarr"
     try:
         run_demo(
             frames=frames, echo=typer.echo, calibration=cal, record_path=target, estimator=est

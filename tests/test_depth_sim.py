@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import pytest
@@ -18,26 +17,22 @@ SHAPE = (512, 512)
 PX = 0.64
 
 
-# (network, minimum correlation with the true depth, largest tilt error in degrees): the
+# network -> (minimum correlation with the true depth, largest tilt error in degrees): the
 # network trained for the lens's cylinder range is held to a much tighter standard
-NETWORKS = [
-    pytest.param(("zernike3", 0.3, 4.0), id="zernike3"),
-    pytest.param(
-        ("zernike3-lens", 0.9, 1.5),
-        id="zernike3-lens",
-        marks=pytest.mark.skipif(
-            "zernike3-lens" not in models.available_models(), reason="not shipped"
-        ),
-    ),
-]
+BOUNDS = {"zernike3": (0.3, 4.0), "zernike3-lens": (0.9, 1.5)}
+NOT_SHIPPED = pytest.mark.skipif(
+    "zernike3-lens" not in models.available_models(), reason="not shipped"
+)
 
 
-@pytest.fixture(scope="module", params=NETWORKS)
-def maps(request: pytest.FixtureRequest) -> dict[str, Any]:
+@pytest.fixture(
+    scope="module", params=["zernike3", pytest.param("zernike3-lens", marks=NOT_SHIPPED)]
+)
+def maps(request: pytest.FixtureRequest) -> tuple[str, dict[float, list]]:
     from psf_live.estimate import Estimator
     from psf_live.sim import SimMicroscope, SimSettings
 
-    name, min_corr, max_tilt_err = request.param
+    name = request.param
     scope = SimMicroscope(SimSettings(shape=SHAPE), seed=0, device="cpu")
     scope.update(cylinder=0.25, cylinder_axis=math.pi / 4, tilt_axis="x")
     est = Estimator.load(name, device="cpu")
@@ -45,15 +40,15 @@ def maps(request: pytest.FixtureRequest) -> dict[str, Any]:
     for k, t in enumerate((10.0, -10.0, 10.0, 6.0, -6.0)):
         scope.update(tilt_deg=t, sample_offset_um=(37.0 * k, 53.0 * k))
         out.setdefault(t, []).append(est.map(scope.snap(0.0, 10.0)))
-    return {"maps": out, "min_corr": min_corr, "max_tilt_err": max_tilt_err}
+    return name, out
 
 
-def test_calibrated_depth_on_sim_frames(maps: dict[str, Any]) -> None:
+def test_calibrated_depth_on_sim_frames(maps: tuple[str, dict[float, list]]) -> None:
     """Physics with the shipped networks: positive signed focus means beyond the focal
     plane, the tilt sign is right on unseen frames, and depth correlates with the truth.
     (Accuracy targets belong to benchmarks/depth_table6.py.)"""
-    min_corr, max_tilt_err = maps["min_corr"], maps["max_tilt_err"]
-    by_tilt = maps["maps"]
+    name, by_tilt = maps
+    min_corr, max_tilt_err = BOUNDS[name]
     cal_maps = by_tilt[10.0] + by_tilt[-10.0]
     cal = fit_calibration(cal_maps, [10.0, 10.0, -10.0], pixel_size_um=PX, min_r2=0.0)
     assert cal.coef[1] > 0  # signed focus grows with depth (the sim's sign convention)

@@ -133,9 +133,6 @@ def test_demo_cli_runs_records_and_says_what_is_missing(tmp_path: Path) -> None:
 class Broken:
     """An estimator whose every map fails."""
 
-    def __init__(self) -> None:
-        self.meta: dict[str, Any] = {}
-
     def map(self, frame: np.ndarray) -> PSFMap:
         raise ValueError("broken network")
 

@@ -115,7 +115,7 @@ def score(psf_model: str, r: dict[str, torch.Tensor], use_weight: bool = True) -
     return rep
 
 
-_BANKS: dict[tuple[str, int], PSFBank] = {}
+_BANKS: dict[tuple[Any, ...], PSFBank] = {}  # (model, seed, draw intervals) -> kernel bank
 BANK_SIZE = [512]
 
 

@@ -5,6 +5,7 @@ from ._calibrate import (
     calibrate_demo_scope,
     calibrate_sim,
     is_sim_with_tilt,
+    sim_lens_axis,
     sim_tilt_setter,
 )
 from ._core import ConfigError, declares_python_devices, default_config, open_core
@@ -29,5 +30,6 @@ __all__ = [
     "monitor",
     "open_core",
     "run_demo",
+    "sim_lens_axis",
     "sim_tilt_setter",
 ]

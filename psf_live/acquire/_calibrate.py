@@ -14,17 +14,33 @@ __all__ = [
     "calibrate_demo_scope",
     "calibrate_sim",
     "is_sim_with_tilt",
+    "sim_lens_axis",
     "sim_tilt_setter",
 ]
 
 DEMO_TILTS = (3.0, 6.0, 10.0)
 """Tilts (degrees) of the demo's calibration, those of the paper's Table VI."""
+DEMO_DEPTH_MODEL = "zernike3-lens"
+"""The shipped zernike3 trained for the simulator's cylindrical lens (the demo's depth)."""
 
 
 def is_sim_with_tilt(core: Any) -> bool:
     """Return True when the camera is the simulated one, whose sample tilt is a property."""
     cam = core.getCameraDevice()
     return bool(cam) and bool(core.hasProperty(cam, "TiltDeg"))
+
+
+def sim_lens_axis(core: Any) -> float:
+    """Axis (radians) of the camera's cylindrical lens, the paper's pi/4 when it has none."""
+    from psf_live.depth import DEFAULT_LENS_AXIS
+
+    try:
+        cam = core.getCameraDevice()
+        if cam and core.hasProperty(cam, "CylinderAxisDeg"):
+            return math.radians(float(core.getProperty(cam, "CylinderAxisDeg")))
+    except Exception:  # best effort: a camera that cannot say has no known lens
+        pass
+    return DEFAULT_LENS_AXIS
 
 
 def sim_tilt_setter(
@@ -93,9 +109,6 @@ def calibrate_sim(
     names = ("TiltDeg", "TiltAxis", "SampleOffsetXUm", "SampleOffsetYUm")
     keep = {p: core.getProperty(cam, p) for p in names}
     z = core.getPosition()
-    lens = 45.0
-    if core.hasProperty(cam, "CylinderAxisDeg"):
-        lens = float(core.getProperty(cam, "CylinderAxisDeg"))
     px = float(core.getPixelSizeUm() or 0.64)
 
     def snap() -> np.ndarray:
@@ -115,13 +128,9 @@ def calibrate_sim(
         tilts,
         axis="x",
         pixel_size_um=px,
-        lens_axis=math.radians(lens),
+        lens_axis=sim_lens_axis(core),
         min_r2=min_r2,
     )
-
-
-DEMO_DEPTH_MODEL = "zernike3-lens"
-"""The shipped zernike3 trained for the simulator's cylindrical lens (the demo's depth)."""
 
 
 def calibrate_demo_scope(
@@ -161,7 +170,8 @@ def calibrate_demo_scope(
     r = cal.report
     echo(
         f"depth: calibrated on the simulated scope with {model!r} from "
-        f"{len(r['images'])} tilted-grid frames (3/6/10 deg): R^2 {r['r2']:.3f}, residual "
+        f"{len(r['images'])} tilted-grid frames ({'/'.join(f'{t:g}' for t in DEMO_TILTS)} deg): "
+        f"R^2 {r['r2']:.3f}, residual "
         f"{r['rms_um']:.1f} um RMS -> {out}"
     )
     return Path(out)

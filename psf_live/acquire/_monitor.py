@@ -19,6 +19,7 @@ from psf_live.estimate import (
     optics_tilt_deg,
 )
 
+from ._calibrate import sim_lens_axis
 from ._live import LiveMapper, LiveStats, MapTimings
 
 __all__ = ["MonitorResult", "format_line", "monitor", "run_demo"]
@@ -224,11 +225,13 @@ def run_demo(
             f"({s[-1].plane_quantity}); median plane residual "
             f"{_median([x.residual for x in s]):.3f} {s[-1].plane_unit}"
         )
-        cal_tilts = [x for x in s if x.tilt_x_deg is not None and x.tilt_y_deg is not None]
-        if cal_tilts:
-            tx = _median([float(x.tilt_x_deg) for x in cal_tilts])  # type: ignore[arg-type]
-            ty = _median([float(x.tilt_y_deg) for x in cal_tilts])  # type: ignore[arg-type]
-            echo(f"  tilt (depth calibration): x {tx:+.2f} deg, y {ty:+.2f} deg")
+        tilts_x = [x.tilt_x_deg for x in s if x.tilt_x_deg is not None]
+        tilts_y = [x.tilt_y_deg for x in s if x.tilt_y_deg is not None]
+        if tilts_x and tilts_y:
+            echo(
+                f"  tilt (depth calibration): x {_median(tilts_x):+.2f} deg, "
+                f"y {_median(tilts_y):+.2f} deg"
+            )
         est = [t for t in (optics_tilt_deg(x) for x in s) if t is not None]
         if est and calibration is None:
             tx, ty = _median([t[0] for t in est]), _median([t[1] for t in est])
@@ -287,7 +290,7 @@ def _scene_truth(core: Any) -> tuple[str, float]:
 
     tilt, axis = prop("TiltDeg"), prop("TiltAxis")
     cyl, cyl_axis = prop("CylinderWaves"), prop("CylinderAxisDeg")
-    lens_axis = math.radians(float(cyl_axis)) if cyl_axis is not None else DEFAULT_LENS_AXIS
+    lens_axis = sim_lens_axis(core)
     if tilt is None:
         return "", lens_axis
     from psf_live.psf import Optics, defocus_um_to_waves
