@@ -205,8 +205,12 @@ def _kernels(generator: torch.Generator) -> torch.Tensor:
 _CY, _CX = [15.0, 45.0, 80.0], [5.0, 35.0, 70.0, 100.0]
 
 
-def test_overlap_add_adjoint_identity(generator: torch.Generator) -> None:
-    op = OverlapAdd((90, 110), _CY, _CX, _kernels(generator))
+_METHODS = pytest.mark.parametrize("method", ["windows", "frame"])
+
+
+@_METHODS
+def test_overlap_add_adjoint_identity(generator: torch.Generator, method: str) -> None:
+    op = OverlapAdd((90, 110), _CY, _CX, _kernels(generator), method=method)
     x = torch.rand(90, 110, generator=generator)
     y = torch.rand(90, 110, generator=generator)
     lhs = float((op.forward(x).double() * y.double()).sum())
@@ -214,10 +218,11 @@ def test_overlap_add_adjoint_identity(generator: torch.Generator) -> None:
     assert lhs == pytest.approx(rhs, rel=1e-6)
 
 
+@_METHODS
 def test_overlap_add_adjoint_of_inner_data_equals_zero_padded(
-    generator: torch.Generator,
+    generator: torch.Generator, method: str
 ) -> None:
-    op = OverlapAdd((90, 110), _CY, _CX, _kernels(generator))
+    op = OverlapAdd((90, 110), _CY, _CX, _kernels(generator), method=method)
     inner = torch.rand(80, 100, generator=generator)
     padded = torch.nn.functional.pad(inner, (5, 5, 5, 5))
     torch.testing.assert_close(op.adjoint(inner, margin=5), op.adjoint(padded))
@@ -225,20 +230,26 @@ def test_overlap_add_adjoint_of_inner_data_equals_zero_padded(
         op.adjoint(inner, margin=4)
 
 
-def test_overlap_add_reduces_to_convolution_for_one_kernel(generator: torch.Generator) -> None:
+@_METHODS
+def test_overlap_add_reduces_to_convolution_for_one_kernel(
+    generator: torch.Generator, method: str
+) -> None:
     k = render_psf("zernike1", [[0.3]], size=21)[0]
     x = torch.rand(64, 80, generator=generator)
     expected = convolve(x, k)
-    single = OverlapAdd((64, 80), [30.0], [40.0], k[None])
-    repeated = OverlapAdd((64, 80), [10.0, 50.0], [5.0, 40.0, 70.0], k.expand(6, 21, 21))
+    single = OverlapAdd((64, 80), [30.0], [40.0], k[None], method=method)
+    repeated = OverlapAdd(
+        (64, 80), [10.0, 50.0], [5.0, 40.0, 70.0], k.expand(6, 21, 21), method=method
+    )
     torch.testing.assert_close(single(x), expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(repeated(x), expected, atol=1e-5, rtol=1e-4)
 
 
-def test_overlap_add_is_local(generator: torch.Generator) -> None:
+@_METHODS
+def test_overlap_add_is_local(generator: torch.Generator, method: str) -> None:
     """A point at a grid centre is blurred by that centre's kernel only."""
     kernels = _kernels(generator)
-    op = OverlapAdd((90, 110), _CY, _CX, kernels)
+    op = OverlapAdd((90, 110), _CY, _CX, kernels, method=method)
     delta = torch.zeros(90, 110)
     delta[45, 70] = 1.0  # grid point (1, 2)
     out = op(delta)
@@ -265,7 +276,7 @@ def test_overlap_add_matches_dense_definition_in_any_chunking(
 ) -> None:
     """H x = sum_m h_m * (phi_m x), whatever number of windows share one FFT batch."""
     kernels = _kernels(generator)
-    op = OverlapAdd((90, 110), _CY, _CX, kernels)
+    op = OverlapAdd((90, 110), _CY, _CX, kernels, method="windows")
     op._chunk = chunk  # 12 windows: 12 batches of 1, 3 of <= 5, or one
     x = torch.rand(90, 110, generator=generator)
     wy = torch.as_tensor(bilinear_weights(90, _CY))
@@ -280,3 +291,40 @@ def test_overlap_add_matches_dense_definition_in_any_chunking(
     lhs = float((op.forward(x).double() * y.double()).sum())
     rhs = float((x.double() * op.adjoint(y).double()).sum())
     assert lhs == pytest.approx(rhs, rel=1e-6)
+
+
+@pytest.mark.parametrize("crop", [1, 6, 20])
+def test_overlap_add_methods_agree_on_cropped_and_inner_problems(
+    generator: torch.Generator, crop: int
+) -> None:
+    """The whole-frame FFTs are shortened for a cropped output or an inner input
+    (TV-RL's field extension); they must not wrap around, whatever the crop."""
+    kernels = _kernels(generator)
+    windows = OverlapAdd((90, 110), _CY, _CX, kernels, method="windows")
+    frame = OverlapAdd((90, 110), _CY, _CX, kernels, method="frame")
+    x = torch.rand(90, 110, generator=generator)
+    full = windows.forward(x)
+    torch.testing.assert_close(windows.forward(x, crop=crop), full[crop:-crop, crop:-crop])
+    torch.testing.assert_close(
+        frame.forward(x, crop=crop), full[crop:-crop, crop:-crop], atol=1e-5, rtol=1e-4
+    )
+    inner = torch.rand(90 - 2 * crop, 110 - 2 * crop, generator=generator)
+    torch.testing.assert_close(
+        frame.adjoint(inner, margin=crop),
+        windows.adjoint(inner, margin=crop),
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    with pytest.raises(ValueError, match="crop"):
+        frame.forward(x, crop=45)
+    with pytest.raises(ValueError, match="method"):
+        OverlapAdd((90, 110), _CY, _CX, kernels, method="fft")
+
+
+def test_overlap_add_picks_the_cheaper_method() -> None:
+    """A few kernels: whole-frame FFTs; a live map's 8x8 grid: local windows."""
+    k = torch.ones(4, 45, 45) / 45**2
+    assert OverlapAdd((300, 300), [86.0, 214.0], [86.0, 214.0], k).method == "frame"
+    c = (np.arange(8) + 0.5) * 128 + 25
+    k64 = torch.ones(64, 51, 51) / 51**2
+    assert OverlapAdd((1074, 1074), c, c, k64).method == "windows"
