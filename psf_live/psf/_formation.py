@@ -216,16 +216,8 @@ class OverlapAdd:
         wx_p = torch.nn.functional.pad(wx_t, (self._pad_x, self._pad_x + self._ww))
         self._my = torch.stack([wy_p[i, o : o + self._wh] for i, o in enumerate(self._oy)])
         self._mx = torch.stack([wx_p[j, o : o + self._ww] for j, o in enumerate(self._ox)])
-        # Kernel spectra with the kernel centre moved to the origin.
         kk = k.to(device=dev, dtype=torch.float32)
-        kpad = torch.zeros((R * C, self._fh, self._fw), device=dev)
-        kpad[:, :kh, :kh] = kk
-        kpad = torch.roll(kpad, shifts=(-r, -r), dims=(-2, -1))
-        self._K = torch.fft.rfft2(kpad)
-        # Reused every call (RL applies the operator twice per iteration): the
-        # conjugate spectra materialised (a lazy conj view multiplies slower)
-        # and the mask windows.
-        self._Kc = self._K.conj().resolve_conj()
+        # Mask windows, made on first use (RL applies the operator twice per iteration).
         self._M: torch.Tensor | None = None
         # window m = i * C + j as a (rows, cols) slice pair of the padded image
         self._boxes = [
@@ -235,10 +227,11 @@ class OverlapAdd:
         ]
         # windows per FFT batch: ~4 MB of complex spectra
         self._chunk = max(1, int(4e6 // (self._fh * (self._fw // 2 + 1) * 8)))
-        # Whole-frame alternative: kernels in the Fourier domain at the frame's
-        # FFT size (made on first use, per size), full-frame masks.
+        # Kernel spectra (and their conjugates, materialised: a lazy conj view
+        # multiplies slower) at the windows' or the frame's FFT size, made on
+        # first use; only the chosen method's are ever made.
         self._kernels = kk
-        self._frame_spectra: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._spectra_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._wy, self._wx = wy_t, wx_t
         self._frame_m: torch.Tensor | None = None
         n = R * C
@@ -285,8 +278,9 @@ class OverlapAdd:
         img = self._pad(x, margin)
         acc = torch.zeros_like(img)
         masks = self._masks()
-        spectra = self._Kc if adjoint else self._K
         size = (self._fh, self._fw)
+        K, Kc = self._spectra(size)
+        spectra = Kc if adjoint else K
         n = masks.shape[0]
         for lo in range(0, n, self._chunk):
             hi = min(n, lo + self._chunk)
@@ -304,15 +298,15 @@ class OverlapAdd:
         return acc[self._pad_y : self._pad_y + H, self._pad_x : self._pad_x + W]
 
     def _spectra(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Kernel spectra at a whole-frame FFT size, and their conjugates."""
-        if size not in self._frame_spectra:
+        """Kernel spectra at an FFT size (kernel centre at the origin), and conjugates."""
+        if size not in self._spectra_cache:
             k = self._kernels
             r = self.radius
             kpad = torch.zeros((k.shape[0], *size), device=self.device)
             kpad[:, : k.shape[-2], : k.shape[-1]] = k
             K = torch.fft.rfft2(torch.roll(kpad, shifts=(-r, -r), dims=(-2, -1)))
-            self._frame_spectra[size] = (K, K.conj().resolve_conj())
-        return self._frame_spectra[size]
+            self._spectra_cache[size] = (K, K.conj().resolve_conj())
+        return self._spectra_cache[size]
 
     def _frame_masks(self) -> torch.Tensor:
         """Return the (n, H, W) masks phi_m over the whole frame (made once)."""
