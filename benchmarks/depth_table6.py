@@ -234,6 +234,13 @@ def main() -> int:
     ap.add_argument("--tta", action="store_true", help="map with test-time augmentation")
     ap.add_argument("--features", default="signed", choices=list(FEATURE_SETS))
     ap.add_argument("--fit", default="forward", choices=["inverse", "forward"])
+    ap.add_argument(
+        "--spread-quantile",
+        type=float,
+        default=0.9,
+        help="with --tta: keep patches whose views agree as well as this share of the "
+        "calibration patches (fit_calibration's spread_quantile; 1 keeps all)",
+    )
     ap.add_argument("--clean", action="store_true",
                     help="drop patches that disagree with their neighbours (clean_depth)")
     ap.add_argument("--per-tilt", type=int, default=10, help="images per calibration tilt")
@@ -282,8 +289,15 @@ def main() -> int:
                 if fit == "forward" or not f.endswith("-cubic")]
     for f, fit in variants:
         try:
-            c = fit_calibration(cal_maps, cal_tilts, features=f, pixel_size_um=PX, min_r2=0.0,
-                                fit=fit)
+            c = fit_calibration(
+                cal_maps,
+                cal_tilts,
+                features=f,
+                pixel_size_um=PX,
+                min_r2=0.0,
+                fit=fit,
+                spread_quantile=args.spread_quantile,
+            )
         except Exception as exc:  # non-monotone cubic etc.
             print(f"  {f + ' ' + fit:<22}  refused: {exc}")
             continue
@@ -301,6 +315,11 @@ def main() -> int:
     coefs = ", ".join(f"{c:.4g}" for c in cal.coef)
     print(f"coefficients [{coefs}], calibration R^2 "
           f"{cal.report['r2']:.4f}, residual {cal.report['rms_um']:.2f} um RMS")
+    if cal.max_spread_um is not None:
+        print(
+            f"patches whose 8 TTA views disagree by more than {cal.max_spread_um:.2f} um (SD) "
+            f"are left out (quantile {args.spread_quantile:g} of the calibration patches)"
+        )
 
     res = evaluate(test_items + extra_items, cal, clean=args.clean)
     print(f"\ndepth maps {'cleaned (clean_depth)' if args.clean else 'as mapped'}; "

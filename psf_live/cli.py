@@ -269,6 +269,14 @@ def calibrate_depth(
     ),
     min_r2: float = typer.Option(0.9, "--min-r2", help="Refuse fits with a lower R^2."),
     tta: bool = _TTA_OPTION,
+    spread_quantile: float = typer.Option(
+        0.9,
+        "--spread-quantile",
+        min=0.0,
+        max=1.0,
+        help="With --tta: depth maps keep the patches whose 8 views agree as well as this "
+        "share of the calibration patches did (1 keeps all).",
+    ),
     config: str = typer.Option(
         None, "--config", "-c", help="Acquire live from this scope (.cfg; 'sim' = simulator)."
     ),
@@ -337,6 +345,7 @@ def calibrate_depth(
             lens_axis=math.radians(lens_axis_deg),
             min_r2=min_r2,
             fit=fit,
+            spread_quantile=spread_quantile,
         )
     except CalibrationError as exc:
         raise fail(f"calibration refused: {exc}") from None
@@ -354,6 +363,12 @@ def calibrate_depth(
         f"(inliers {r['r2_inliers']:.4f}), residual {r['rms_um']:.2f} um RMS, "
         f"{r['n_outliers']}/{r['n_patches']} outliers -> {output}"
     )
+    if cal.max_spread_um is not None:
+        typer.echo(
+            f"depth maps leave out patches whose 8 views disagree by more than "
+            f"{cal.max_spread_um:.2f} um (SD; {100 * spread_quantile:.0f} % of the "
+            "calibration patches agree better)"
+        )
 
 
 def _load_estimator(model: str | None, tta: bool = False):  # type: ignore[no-untyped-def]

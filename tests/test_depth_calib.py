@@ -15,6 +15,7 @@ from psf_live.depth import (
     depth_full,
     depth_map,
     depth_metric,
+    depth_spread,
     fit_calibration,
     fit_depth_plane,
     robust_lstsq,
@@ -302,3 +303,58 @@ def test_calibration_binds_the_tta_mode():
         depth_map(plain[0], cal)
     same = _maps([6], np.random.default_rng(9), meta=meta)
     assert np.isfinite(depth_map(same[0], cal)).any()
+
+
+def _with_views(m, rng, noisy, spread_waves=0.2, base_waves=0.005):
+    """Give a map 8 TTA views: agreeing ones everywhere, scattered ones where ``noisy``
+    (whose mean estimate is also wrong, as with the real network)."""
+    views = np.repeat(m.params[:, :, None, :], 8, axis=2).astype(np.float64)
+    sd = np.where(noisy, spread_waves, base_waves)[:, :, None]
+    views[..., 0] += sd * rng.standard_normal(views.shape[:3])
+    views[..., 0] = np.abs(views[..., 0])
+    m.view_params = views.astype(np.float32)
+    m.params = m.params.copy()
+    m.params[..., 0] = np.where(noisy, m.params[..., 0] + 0.3, m.params[..., 0])
+    return m
+
+
+def test_tta_spread_drops_the_patches_whose_views_disagree(tmp_path):
+    """fit_calibration sets max_spread_um to a quantile of the views' depth spread;
+    depth_map then leaves out the patches whose views disagree (and whose depth is
+    wrong), keeping the others; maps without views and old files are unaffected."""
+    rng = np.random.default_rng(21)
+    meta = {"name": "zernike3", "sha256": "cd" * 32, "tta": True}
+    cal_maps = [
+        _with_views(m, rng, rng.random(m.valid.shape) < 0.05)
+        for m in _maps([3, 6, 10], rng, meta=meta, focus_noise=0.005)
+    ]
+    cal = fit_calibration(cal_maps, [3, 6, 10], spread_quantile=0.9)
+    assert cal.max_spread_um is not None and cal.max_spread_um > 0
+    noisy = rng.random(cal_maps[0].valid.shape) < 0.1
+    test = _with_views(_maps([6], rng, meta=meta, focus_noise=0.005)[0], rng, noisy)
+    spread = depth_spread(test, cal)
+    assert spread is not None and spread.shape == test.valid.shape
+    assert np.nanmedian(spread[noisy]) > 10 * np.nanmedian(spread[~noisy])
+    d = depth_map(test, cal)
+    truth = true_depth_grid(CY, CX, 6, "x", PX, SHAPE)
+    ok = test.valid & ~noisy
+    assert np.isnan(d[noisy & test.valid]).mean() > 0.9  # the disagreeing patches go
+    assert np.isfinite(d[ok]).mean() > 0.85  # most of the others stay
+    kept = np.isfinite(d)
+    loose = DepthCalibration.from_dict({**cal.to_dict(), "max_spread_um": None})
+    d_all = depth_map(test, loose)
+    assert np.abs(d[kept] - truth[kept]).mean() < 0.5 * np.nanmean(np.abs(d_all - truth))
+    # the limit travels in the file; a file without it (before 2026-12-02) has none
+    back = DepthCalibration.load(cal.save(tmp_path / "c.json"))
+    assert back.max_spread_um == pytest.approx(cal.max_spread_um)
+    old = cal.to_dict()
+    old.pop("max_spread_um")
+    assert DepthCalibration.from_dict(old).max_spread_um is None
+    # no views: no spread, no rejection; calibrating on such maps sets no limit
+    test.view_params = None
+    assert depth_spread(test, cal) is None
+    np.testing.assert_array_equal(np.isfinite(depth_map(test, cal)), test.valid)
+    plain = fit_calibration(_maps([3, 10], rng, meta=meta), [3, 10])
+    assert plain.max_spread_um is None
+    with pytest.raises(CalibrationError, match="spread_quantile"):
+        fit_calibration(cal_maps, [3, 6, 10], spread_quantile=1.5)

@@ -112,6 +112,34 @@ def test_calibrate_then_depth(tmp_path: Path, fake: TiltMapper) -> None:
     assert [round(t[0]) for t in _tilts(r.output)] == [4, -4, 0]
 
 
+class ViewsMapper(TiltMapper):
+    """A TTA mapper: each patch also carries 8 views scattered around its estimate."""
+
+    def map(self, frame: Any) -> Any:
+        m = super().map(frame)
+        views = np.repeat(m.params[:, :, None, :], 8, axis=2)
+        views[..., 0] += 0.01 * self.rng.random(views.shape[:3])
+        m.view_params = views.astype(np.float32)
+        return m
+
+
+def test_calibrate_with_tta_sets_the_spread_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = ViewsMapper({**META, "tta": True})
+    monkeypatch.setattr(cli, "_load_estimator", lambda model, tta=False: m)
+    imgs = [_write(tmp_path, f"g{t}.tif", _frame(t)) for t in (3, 6, 10)]
+    out = tmp_path / "c.json"
+    base = ["calibrate-depth", *imgs, "--tilt-deg", "3,6,10", "--tta", "-o", str(out)]
+    r = runner.invoke(cli.app, base)
+    assert r.exit_code == 0, r.output
+    assert "views disagree by more than" in r.output and "90 %" in r.output
+    assert json.loads(out.read_text())["max_spread_um"] > 0
+    r = runner.invoke(cli.app, [*base, "--spread-quantile", "1"])
+    assert r.exit_code == 0, r.output
+    assert "disagree" not in r.output and json.loads(out.read_text())["max_spread_um"] is None
+
+
 def test_calibration_refused_and_bad_input(tmp_path: Path, fake: TiltMapper) -> None:
     flat = _write(tmp_path, "flat.tif", _frame(0))
     r = runner.invoke(

@@ -220,6 +220,33 @@ def test_tta_makes_the_map_equivariant_to_transposing_the_frame() -> None:
     assert errs[True] < 1e-4 < errs[False]
 
 
+def test_tta_maps_carry_each_views_estimate() -> None:
+    """With TTA the map keeps the 8 views' estimates: view 0 is the plain network's
+    estimate, and the views' spread per patch commutes with transposing the frame
+    (the same 8 views, in another order); without TTA there are none."""
+    net, card = make_tiny(seed=3)
+    rng = np.random.default_rng(11)
+    frame = rng.gamma(2.0, 300.0, size=(256, 256)).astype(np.float32)
+    frame[40:60, :] += 2000.0
+    # fp32: bf16 (auto on CPUs that have it natively) rounds the two runs differently
+    plain = Estimator(net, card, "cpu", fill=False, precision="fp32").map(frame, 64)
+    assert plain.view_params is None
+    est = Estimator(net, card, "cpu", tta=True, fill=False, precision="fp32")
+    a, b = est.map(frame, 64), est.map(np.ascontiguousarray(frame.T), 64)
+    assert a.view_params is not None and b.view_params is not None
+    assert a.view_params.shape == (*a.shape, 8, 3)
+    np.testing.assert_allclose(a.view_params[:, :, 0], plain.raw_params, atol=1e-5)
+
+    def spread(vp: np.ndarray) -> np.ndarray:
+        f, c, ax = np.moveaxis(vp, -1, 0)
+        return np.stack([f, c * np.cos(2 * ax), c * np.sin(2 * ax)], -1).std(axis=-2)
+
+    assert float(spread(a.view_params).max()) > 1e-3  # the untrained views disagree
+    np.testing.assert_allclose(
+        spread(b.view_params), spread(a.view_params).transpose(1, 0, 2), atol=1e-4
+    )
+
+
 def test_auto_precision_on_cpu_takes_bf16_only_where_native_and_checked(
     frame: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ._calib import (
     MIN_R2,
+    SPREAD_QUANTILE,
     DepthCalibration,
     PlaneTilt,
     clean_depth,
@@ -93,6 +94,7 @@ def calibrate_frames(
     min_r2: float = MIN_R2,
     fit: str = "forward",
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+    spread_quantile: float | None = SPREAD_QUANTILE,
 ) -> DepthCalibration:
     """Map every calibration frame and fit a :class:`DepthCalibration` on the maps.
 
@@ -104,7 +106,7 @@ def calibrate_frames(
         2D frames of a tilted grid, in-focus line through the centre of the field.
     tilts_deg : sequence of float
         Tilt of each frame.
-    axis, pixel_size_um, features, lens_axis, min_r2, fit
+    axis, pixel_size_um, features, lens_axis, min_r2, fit, spread_quantile
         See :func:`~psf_live.depth.fit_calibration`.
     progress : callable, optional
         Wraps the frame iterable (e.g. ``tqdm``).
@@ -116,8 +118,15 @@ def calibrate_frames(
     it: Iterable[Any] = frames if progress is None else progress(frames)
     maps = [mapper.map(f) for f in it]
     return fit_calibration(
-        maps, tilts_deg, axis=axis, pixel_size_um=pixel_size_um, features=features,
-        lens_axis=lens_axis, min_r2=min_r2, fit=fit,
+        maps,
+        tilts_deg,
+        axis=axis,
+        pixel_size_um=pixel_size_um,
+        features=features,
+        lens_axis=lens_axis,
+        min_r2=min_r2,
+        fit=fit,
+        spread_quantile=spread_quantile,
     )
 
 

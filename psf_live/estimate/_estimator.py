@@ -96,6 +96,8 @@ class Estimator:
         the parameters transformed back (:func:`psf_live.nets.dihedral_mean`). Eight
         times the inference time; the live mapper leaves it off. Recorded in
         ``meta["tta"]``, so a depth calibration made with it refuses maps without it.
+        The maps then also carry each view's estimate (``PSFMap.view_params``), whose
+        disagreement measures how far a patch's estimate can be trusted.
     """
 
     def __init__(
@@ -297,15 +299,19 @@ class Estimator:
         with self._autocast():
             return self.net(x)
 
-    def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw outputs of normalised patches, averaged over flips when ``tta`` is on."""
+    def _infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw outputs of normalised patches: the mean over flips when ``tta`` is on.
+
+        Returns the (B, 1 + T) output and, with ``tta``, the (8, B, 1 + T) views.
+        """
         if not self.tta:
-            return self._forward(x)
-        from psf_live.nets import dihedral_mean
+            return self._forward(x), None
+        from psf_live.nets import dihedral_views
 
         # each view is made contiguous there; with one channel that is already the
         # channels_last layout, so no conversion is needed
-        return dihedral_mean(self._forward, x, self.codec)
+        views = dihedral_views(self._forward, x, self.codec)
+        return views.mean(0), views
 
     def _graph_forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch
@@ -348,7 +354,7 @@ class Estimator:
             x = self._normalize(patches)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            raw = self._infer(x)
+            raw, _ = self._infer(x)
             prob, params = self.codec.decode(raw.float())
         return (
             _to_numpy(prob).astype(np.float32).reshape(-1),
@@ -423,11 +429,17 @@ class Estimator:
             x = self._normalize(patches, inplace=inplace)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            raw = self._infer(x)
+            raw, views = self._infer(x)
         self._sync()
         t2 = time.perf_counter()
         with torch.inference_mode():
             prob_t, params_t = self.codec.decode(raw.float())
+            view_params = None
+            if views is not None:
+                _, vp = self.codec.decode(views.reshape(-1, views.shape[-1]))
+                n = len(self.param_names)
+                vp_np = _to_numpy(vp).astype(np.float32).reshape(8, rows, cols, n)
+                view_params = np.ascontiguousarray(vp_np.transpose(1, 2, 0, 3))
         prob = _to_numpy(prob_t).astype(np.float32).reshape(rows, cols)
         raw_params = _to_numpy(params_t).astype(np.float32).reshape(rows, cols, -1)
         valid = prob >= self.threshold
@@ -451,6 +463,7 @@ class Estimator:
             stride=stride,
             meta=self.meta,
             raw_params=raw_params,
+            view_params=view_params,
             filled=bool(fill),
             timings={"transfer": t1 - t0, "inference": t2 - t1, "post": t3 - t2},
         )

@@ -44,6 +44,10 @@ class PSFMap:
         Model metadata (model card as a dict: name, arch, optics, sha256, ...).
     raw_params : numpy.ndarray or None
         The network output before the KNN fill (same shape as ``params``).
+    view_params : numpy.ndarray or None
+        (rows, cols, 8, N) float32: with test-time augmentation, the estimate of each
+        of the 8 rotated/transposed views of every patch (mapped back to the frame);
+        ``params`` is decoded from their mean raw output. None without it.
     filled : bool
         Whether invalid patches were filled.
     timings : dict
@@ -67,6 +71,7 @@ class PSFMap:
     stride: int
     meta: dict[str, Any] = field(default_factory=dict)
     raw_params: np.ndarray | None = None
+    view_params: np.ndarray | None = None
     filled: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     summary: Any = None

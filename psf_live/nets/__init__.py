@@ -1,7 +1,7 @@
 """Patch-regression networks, per-patch normalisation and output codecs."""
 
 from ._arch import ARCHS, LogPowerSpectrum, SpectralNet, build_net
-from ._codec import OutputCodec, dihedral_mean, get_codec
+from ._codec import OutputCodec, dihedral_mean, dihedral_views, get_codec
 from ._normalize import normalize_patches
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "SpectralNet",
     "build_net",
     "dihedral_mean",
+    "dihedral_views",
     "get_codec",
     "normalize_patches",
 ]
