@@ -17,6 +17,7 @@ not with (frame area) x (number of kernels).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -234,6 +235,7 @@ class OverlapAdd:
         self._spectra_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._wy, self._wx = wy_t, wx_t
         self._frame_m: torch.Tensor | None = None
+        self._buffers: dict[tuple[int, int], torch.Tensor] = {}
         n = R * C
         window_points = 2 * n * self._fh * self._fw
         frame_points = (n + 1) * next_fast_len(H + r) * next_fast_len(W + r)
@@ -282,20 +284,39 @@ class OverlapAdd:
         K, Kc = self._spectra(size)
         spectra = Kc if adjoint else K
         n = masks.shape[0]
+        wh, ww = self._wh, self._ww
         for lo in range(0, n, self._chunk):
             hi = min(n, lo + self._chunk)
             boxes = self._boxes[lo:hi]
-            win = torch.stack([img[b] for b in boxes])
-            if not adjoint:
-                win.mul_(masks[lo:hi])
-            spec = torch.fft.rfft2(win, s=size)
+            # windows written (masked) straight into a zero-padded FFT buffer
+            # reused across calls: no stack, no pad copy, no fresh pages
+            buf = self._window_buffer(hi - lo)
+            for j, b in enumerate(boxes):
+                if adjoint:
+                    buf[j, :wh, :ww].copy_(img[b])
+                else:
+                    torch.mul(img[b], masks[lo + j], out=buf[j, :wh, :ww])
+            spec = torch.fft.rfft2(buf)
             spec.mul_(spectra[lo:hi])
-            out = irfft2(spec, size, rows=self._wh)[..., : self._ww]
+            out = irfft2(spec, size, rows=wh)[..., :ww]
             if adjoint:
-                out.mul_(masks[lo:hi])
-            for b, o in zip(boxes, out, strict=True):
-                acc[b] += o
+                for j, (b, o) in enumerate(zip(boxes, out, strict=True)):
+                    acc[b].addcmul_(o, masks[lo + j])
+            else:
+                for b, o in zip(boxes, out, strict=True):
+                    acc[b] += o
         return acc[self._pad_y : self._pad_y + H, self._pad_x : self._pad_x + W]
+
+    def _window_buffer(self, n: int) -> torch.Tensor:
+        """(n, fh, fw) float32 buffer, zero outside the (wh, ww) windows (one per thread)."""
+        key = (n, threading.get_ident())
+        full = self._buffers.get(key)
+        if full is None:
+            if len(self._buffers) >= 8:
+                self._buffers.clear()
+            full = torch.zeros((n, self._fh, self._fw), device=self.device)
+            self._buffers[key] = full
+        return full
 
     def _spectra(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Kernel spectra at an FFT size (kernel centre at the origin), and conjugates."""
