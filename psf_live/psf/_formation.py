@@ -235,7 +235,7 @@ class OverlapAdd:
         self._spectra_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._wy, self._wx = wy_t, wx_t
         self._frame_m: torch.Tensor | None = None
-        self._buffers: dict[tuple[int, int], torch.Tensor] = {}
+        self._buffers: dict[tuple[int, ...], torch.Tensor] = {}
         n = R * C
         window_points = 2 * n * self._fh * self._fw
         frame_points = (n + 1) * next_fast_len(H + r) * next_fast_len(W + r)
@@ -290,7 +290,7 @@ class OverlapAdd:
             boxes = self._boxes[lo:hi]
             # windows written (masked) straight into a zero-padded FFT buffer
             # reused across calls: no stack, no pad copy, no fresh pages
-            buf = self._window_buffer(hi - lo)
+            buf = self._buffer((hi - lo, self._fh, self._fw))
             for j, b in enumerate(boxes):
                 if adjoint:
                     buf[j, :wh, :ww].copy_(img[b])
@@ -307,16 +307,20 @@ class OverlapAdd:
                     acc[b] += o
         return acc[self._pad_y : self._pad_y + H, self._pad_x : self._pad_x + W]
 
-    def _window_buffer(self, n: int) -> torch.Tensor:
-        """(n, fh, fw) float32 buffer, zero outside the (wh, ww) windows (one per thread)."""
-        key = (n, threading.get_ident())
-        full = self._buffers.get(key)
-        if full is None:
+    def _buffer(self, shape: tuple[int, int, int]) -> torch.Tensor:
+        """Zeroed float32 FFT input buffer, reused across calls (one per thread).
+
+        Callers write only the same leading block of it every time, so the zero
+        padding around that block is never touched.
+        """
+        key = (*shape, threading.get_ident())
+        buf = self._buffers.get(key)
+        if buf is None:
             if len(self._buffers) >= 8:
                 self._buffers.clear()
-            full = torch.zeros((n, self._fh, self._fw), device=self.device)
-            self._buffers[key] = full
-        return full
+            buf = torch.zeros(shape, device=self.device)
+            self._buffers[key] = buf
+        return buf
 
     def _spectra(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Kernel spectra at an FFT size (kernel centre at the origin), and conjugates."""
@@ -349,7 +353,10 @@ class OverlapAdd:
         H, W = self.shape
         size = self._frame_size(crop)
         K, _ = self._spectra(size)
-        X = torch.fft.rfft2(self._frame_masks() * x.to(self.device, torch.float32), s=size)
+        masks = self._frame_masks()
+        buf = self._buffer((masks.shape[0], *size))
+        torch.mul(masks, x.to(self.device, torch.float32), out=buf[:, :H, :W])
+        X = torch.fft.rfft2(buf)
         S = (X.mul_(K)).sum(0)
         out = irfft2(S, size, rows=H - crop)
         return out[crop:, crop : W - crop]
