@@ -53,6 +53,7 @@ EXTRA_TILTS = (4.0, 8.0, -6.0)
 
 # -- tiny PNG plotter (PIL only) ---------------------------------------------------------
 
+
 def _colormap(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Diverging blue-white-red map; NaN -> grey. Returns uint8 RGB."""
     t = np.clip((v - lo) / max(hi - lo, 1e-9), 0, 1)
@@ -116,13 +117,21 @@ def save_scatter(
         _text(d, (5, int(py[0]) - 6), f"{v:.0f}")
     _text(d, (m + size // 2 - 40, m + size + 25), "true depth (um)")
     _text(d, (m, 15), "estimated depth (um)")
-    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-              (140, 86, 75), (227, 119, 194)]
+    colors = [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+    ]
     for k, (name, (t, e)) in enumerate(groups.items()):
         c = colors[k % len(colors)]
         px, py = xy(t, e)
-        for x0, y0 in zip(px[:: max(1, px.size // 1500)], py[:: max(1, py.size // 1500)],
-                          strict=True):
+        for x0, y0 in zip(
+            px[:: max(1, px.size // 1500)], py[:: max(1, py.size // 1500)], strict=True
+        ):
             d.ellipse([x0 - 1.5, y0 - 1.5, x0 + 1.5, y0 + 1.5], fill=c)
         d.rectangle([size + m + 15, m + 18 * k, size + m + 25, m + 18 * k + 10], fill=c)
         _text(d, (size + m + 30, m + 18 * k - 1), name)
@@ -130,6 +139,7 @@ def save_scatter(
 
 
 # -- data --------------------------------------------------------------------------------
+
 
 def make_images(tilts: list[float], seed: int, ground_truth: bool, args: Any) -> list[dict]:
     """Images (or ground-truth maps) of the tilted grid with fresh noise and offsets."""
@@ -141,9 +151,18 @@ def make_images(tilts: list[float], seed: int, ground_truth: bool, args: Any) ->
         meta = {"name": "ground-truth", "sha256": ""}
         for t in tilts:
             d = true_depth_grid(cy, cx, t, "x", PX, SHAPE)
-            m = synthetic_psf_map(d, cy, cx, SHAPE, focus_noise=args.gt_focus_noise,
-                                  axis_noise=args.gt_axis_noise, invalid_fraction=0.05,
-                                  outlier_fraction=args.gt_outliers, rng=rng, meta=meta)
+            m = synthetic_psf_map(
+                d,
+                cy,
+                cx,
+                SHAPE,
+                focus_noise=args.gt_focus_noise,
+                axis_noise=args.gt_axis_noise,
+                invalid_fraction=0.05,
+                outlier_fraction=args.gt_outliers,
+                rng=rng,
+                meta=meta,
+            )
             out.append({"tilt": t, "map": m})
         return out
     import torch
@@ -193,8 +212,9 @@ def evaluate(
         truth = true_depth_grid(m.centers_y, m.centers_x, it["tilt"], "x", PX, SHAPE)
         ok = np.isfinite(est)
         plane = fit_depth_plane(est, m.centers_y, m.centers_x, PX, SHAPE)
-        r = res.setdefault(it["tilt"], {"t": [], "e": [], "tilt_est": [], "sign_ok": 0, "n": 0,
-                                        "n_all": 0})
+        r = res.setdefault(
+            it["tilt"], {"t": [], "e": [], "tilt_est": [], "sign_ok": 0, "n": 0, "n_all": 0}
+        )
         r["n_all"] += est.size
         r["t"].append(truth[ok])
         r["e"].append(est[ok])
@@ -214,22 +234,33 @@ def evaluate(
         err = np.abs(e - t)
         rng_um = (SHAPE[1] - 1) * PX * math.tan(math.radians(abs(tilt)))
         perr = np.abs(np.concatenate(r["pe"]) - np.concatenate(r["pt"]))
-        r.update(prof_abs=float(perr.mean()), prof_sd=float(perr.std()),
-                 prof_rel=100 * float(perr.mean()) / rng_um)
         r.update(
-            T=t, E=e,
+            prof_abs=float(perr.mean()),
+            prof_sd=float(perr.std()),
+            prof_rel=100 * float(perr.mean()) / rng_um,
+        )
+        r.update(
+            T=t,
+            E=e,
             r2=1 - float(np.sum((t - e) ** 2)) / float(np.sum((t - t.mean()) ** 2)),
-            abs_mean=float(err.mean()), abs_sd=float(err.std()),
-            rel_mean=100 * float(err.mean()) / rng_um, rel_sd=100 * float(err.std()) / rng_um,
-            range_um=rng_um, n_patches=int(t.size), coverage=100 * t.size / r["n_all"],
+            abs_mean=float(err.mean()),
+            abs_sd=float(err.std()),
+            rel_mean=100 * float(err.mean()) / rng_um,
+            rel_sd=100 * float(err.std()) / rng_um,
+            range_um=rng_um,
+            n_patches=int(t.size),
+            coverage=100 * t.size / r["n_all"],
         )
     return res
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ground-truth-maps", action="store_true",
-                    help="skip the network: ideal zernike3 maps + noise (pipeline check)")
+    ap.add_argument(
+        "--ground-truth-maps",
+        action="store_true",
+        help="skip the network: ideal zernike3 maps + noise (pipeline check)",
+    )
     ap.add_argument("--model", default="zernike3")
     ap.add_argument("--tta", action="store_true", help="map with test-time augmentation")
     ap.add_argument("--features", default="signed", choices=list(FEATURE_SETS))
@@ -241,8 +272,11 @@ def main() -> int:
         help="with --tta: keep patches whose views agree as well as this share of the "
         "calibration patches (fit_calibration's spread_quantile; 1 keeps all)",
     )
-    ap.add_argument("--clean", action="store_true",
-                    help="drop patches that disagree with their neighbours (clean_depth)")
+    ap.add_argument(
+        "--clean",
+        action="store_true",
+        help="drop patches that disagree with their neighbours (clean_depth)",
+    )
     ap.add_argument("--per-tilt", type=int, default=10, help="images per calibration tilt")
     ap.add_argument("--n-cal", type=int, default=4, help="of which used for calibration")
     ap.add_argument("--per-extra", type=int, default=3, help="images per extra tilt")
@@ -266,12 +300,12 @@ def main() -> int:
         print(f"rendered {len(items)} frames into {args.cache} ({t_img:.0f} s)")
         return 0
     main_items = items[: len(tilts_main)]
-    extra_items = items[len(tilts_main):]
+    extra_items = items[len(tilts_main) :]
     cal_items, test_items = [], []
     for t in CAL_TILTS:
         group = [it for it in main_items if it["tilt"] == t]
         cal_items += group[: args.n_cal]
-        test_items += group[args.n_cal:]
+        test_items += group[args.n_cal :]
     cal_maps = [it["map"] for it in cal_items]
     cal_tilts = [it["tilt"] for it in cal_items]
 
@@ -279,14 +313,20 @@ def main() -> int:
     if args.tta and not args.ground_truth_maps:
         src += " with test-time augmentation"
     print(f"Depth from astigmatism (Table VI) on the simulated scope, {src}")
-    print(f"{len(items)} images: {len(cal_items)} for calibration (tilts 3/6/10), "
-          f"{len(test_items)} test at 3/6/10, {len(extra_items)} at unseen tilts 4/8/-6 "
-          f"({t_img:.0f} s to make the maps)")
+    print(
+        f"{len(items)} images: {len(cal_items)} for calibration (tilts 3/6/10), "
+        f"{len(test_items)} test at 3/6/10, {len(extra_items)} at unseen tilts 4/8/-6 "
+        f"({t_img:.0f} s to make the maps)"
+    )
     # model comparison on the test images (same split)
     print("\ncalibration model, fit    cal R^2   test rel. error (mean over 3/6/10/4/8/-6)")
     cals: dict[str, DepthCalibration] = {}
-    variants = [(f, fit) for f in FEATURE_SETS for fit in ("inverse", "forward")
-                if fit == "forward" or not f.endswith("-cubic")]
+    variants = [
+        (f, fit)
+        for f in FEATURE_SETS
+        for fit in ("inverse", "forward")
+        if fit == "forward" or not f.endswith("-cubic")
+    ]
     for f, fit in variants:
         try:
             c = fit_calibration(
@@ -308,13 +348,17 @@ def main() -> int:
         relc = np.mean([r["rel_mean"] for r in evc.values()])
         cov = np.mean([r["coverage"] for r in evc.values()])
         tl = np.mean([abs(np.mean(r["tilt_est"]) / t) for t, r in ev.items()])
-        print(f"  {f + ' ' + fit:<22}  {c.report['r2']:.4f}    {rel:.2f} %   (cleaned: "
-              f"{relc:.2f} %, {cov:.0f} % kept); est./true tilt {tl:.2f}")
+        print(
+            f"  {f + ' ' + fit:<22}  {c.report['r2']:.4f}    {rel:.2f} %   (cleaned: "
+            f"{relc:.2f} %, {cov:.0f} % kept); est./true tilt {tl:.2f}"
+        )
     cal = cals[f"{args.features} {args.fit}"]
     print(f"\nusing {args.features}, {args.fit} fit: {FEATURE_SETS[args.features]}")
     coefs = ", ".join(f"{c:.4g}" for c in cal.coef)
-    print(f"coefficients [{coefs}], calibration R^2 "
-          f"{cal.report['r2']:.4f}, residual {cal.report['rms_um']:.2f} um RMS")
+    print(
+        f"coefficients [{coefs}], calibration R^2 "
+        f"{cal.report['r2']:.4f}, residual {cal.report['rms_um']:.2f} um RMS"
+    )
     if cal.max_spread_um is not None:
         print(
             f"patches whose 8 TTA views disagree by more than {cal.max_spread_um:.2f} um (SD) "
@@ -322,19 +366,25 @@ def main() -> int:
         )
 
     res = evaluate(test_items + extra_items, cal, clean=args.clean)
-    print(f"\ndepth maps {'cleaned (clean_depth)' if args.clean else 'as mapped'}; "
-          f"patches used: {np.mean([r['coverage'] for r in res.values()]):.0f} %")
-    print("\n| tilt | images | range (um) | R^2 | abs. error (um) | rel. error (%) "
-          "| est. tilt (deg) | sign right |")
+    print(
+        f"\ndepth maps {'cleaned (clean_depth)' if args.clean else 'as mapped'}; "
+        f"patches used: {np.mean([r['coverage'] for r in res.values()]):.0f} %"
+    )
+    print(
+        "\n| tilt | images | range (um) | R^2 | abs. error (um) | rel. error (%) "
+        "| est. tilt (deg) | sign right |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for tilt in (*CAL_TILTS, *EXTRA_TILTS):
         r = res[tilt]
         seen = "" if tilt in CAL_TILTS else " (unseen)"
         te = np.asarray(r["tilt_est"])
-        print(f"| {tilt:+g}{seen} | {r['n']} | {r['range_um']:.1f} | {r['r2']:.4f} | "
-              f"{r['abs_mean']:.2f} +- {r['abs_sd']:.2f} | {r['rel_mean']:.2f} +- "
-              f"{r['rel_sd']:.2f} | {te.mean():+.2f} +- {te.std():.2f} | "
-              f"{r['sign_ok']}/{r['n']} |")
+        print(
+            f"| {tilt:+g}{seen} | {r['n']} | {r['range_um']:.1f} | {r['r2']:.4f} | "
+            f"{r['abs_mean']:.2f} +- {r['abs_sd']:.2f} | {r['rel_mean']:.2f} +- "
+            f"{r['rel_sd']:.2f} | {te.mean():+.2f} +- {te.std():.2f} | "
+            f"{r['sign_ok']}/{r['n']} |"
+        )
     print("\nprojected over y (mean depth per patch column, as the paper's Fig. 5 (f)):")
     print("| tilt | abs. error (um) | rel. error (%) |")
     print("|---|---|---|")
@@ -344,11 +394,15 @@ def main() -> int:
     ok_rel = all(r["rel_mean"] <= 1.0 for r in res.values())  # per patch, not projected
     ok_r2 = all(r["r2"] >= 0.99 for r in res.values())
     ok_sign = all(r["sign_ok"] == r["n"] for r in res.values())
-    print(f"\ntargets: rel. error <= 1.0 % {'met' if ok_rel else 'MISSED'}; "
-          f"R^2 >= 0.99 {'met' if ok_r2 else 'MISSED'}; "
-          f"tilt sign always right {'met' if ok_sign else 'MISSED'}")
-    print("paper (ResNet-34, real grid): 3 deg 0.61 +- 0.41 um (1.26 %), 6 deg 1.31 +- 1.15 um "
-          "(1.38 %), 10 deg 3.50 +- 2.62 um (2.18 %)")
+    print(
+        f"\ntargets: rel. error <= 1.0 % {'met' if ok_rel else 'MISSED'}; "
+        f"R^2 >= 0.99 {'met' if ok_r2 else 'MISSED'}; "
+        f"tilt sign always right {'met' if ok_sign else 'MISSED'}"
+    )
+    print(
+        "paper (ResNet-34, real grid): 3 deg 0.61 +- 0.41 um (1.26 %), 6 deg 1.31 +- 1.15 um "
+        "(1.38 %), 10 deg 3.50 +- 2.62 um (2.18 %)"
+    )
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -360,8 +414,10 @@ def main() -> int:
     if truth is None:
         truth = true_depth_grid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), 6.0, "x", PX, SHAPE)
     save_depth_pair(full, np.asarray(truth), out / f"depth_map_{tag}.png", "tilt 6 deg")
-    save_scatter({f"{t:+g} deg": (res[t]["T"], res[t]["E"]) for t in (*CAL_TILTS, *EXTRA_TILTS)},
-                 out / f"depth_scatter_{tag}.png")
+    save_scatter(
+        {f"{t:+g} deg": (res[t]["T"], res[t]["E"]) for t in (*CAL_TILTS, *EXTRA_TILTS)},
+        out / f"depth_scatter_{tag}.png",
+    )
     if "frame" in show:
         from PIL import Image
 

@@ -23,13 +23,15 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--deconvolve", action="store_true")
     ap.add_argument(
-        "--sequence", action="store_true",
+        "--sequence",
+        action="store_true",
         help="camera streams (hardware sequencing) instead of waiting for queue room",
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="Store path (default: a temporary dir).")
     ap.add_argument(
-        "--replay", action="store_true",
+        "--replay",
+        action="store_true",
         help="Replay 8 pre-rendered sim frames at full speed (camera faster than the "
         "simulator can render on a loaded CPU) through RecordSession.submit.",
     )
@@ -57,9 +59,16 @@ def main() -> None:
     out = Path(a.out) if a.out else tmp / "bench.zarr"
     t0 = time.perf_counter()
     try:
-        res = record(core, out, est, frames=a.frames, interval_ms=0.0,
-                     deconvolve=a.deconvolve, progress=True,
-                     hardware_sequencing=a.sequence)
+        res = record(
+            core,
+            out,
+            est,
+            frames=a.frames,
+            interval_ms=0.0,
+            deconvolve=a.deconvolve,
+            progress=True,
+            hardware_sequencing=a.sequence,
+        )
         total = time.perf_counter() - t0
         rep = verify_store(out)
     finally:
@@ -67,19 +76,33 @@ def main() -> None:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     mode = "streaming (--sequence)" if a.sequence else "frame by frame with back-pressure"
     print(f"frames requested {a.frames} at {a.size}x{a.size} uint16, camera {mode}")
-    print(f"acquired {res.acquired}, written {res.written}, mapped {res.mapped}, "
-          f"deconvolved {res.deconvolved}; verify frames {rep['frames']} ok={rep['ok']}")
+    print(
+        f"acquired {res.acquired}, written {res.written}, mapped {res.mapped}, "
+        f"deconvolved {res.deconvolved}; verify frames {rep['frames']} ok={rep['ok']}"
+    )
     print(f"frames lost: {a.frames - rep['frames']}")
-    print(f"sustained to disk: {res.write_rate:.1f} frames/s (raw, {res.elapsed_s:.1f} s); "
-          f"with maps: {res.mapped / max(total if not a.deconvolve else res.elapsed_s, 1e-9):.1f}"
-          " frames/s end to end")
-    ring = (f", of which up to {seq_mb} MB is the core's own sequence ring buffer "
-            "(UniMMCore default 1024 MB; env UNICORE_SEQUENCE_BUFFER_MB)") if a.sequence else ""
-    print(f"max raw queue {res.max_queue} frames (bound {res.memory_bound_mb:.0f} MB); "
-          f"peak RSS {rss_mb:.0f} MB{ring}")
+    print(
+        f"sustained to disk: {res.write_rate:.1f} frames/s (raw, {res.elapsed_s:.1f} s); "
+        f"with maps: {res.mapped / max(total if not a.deconvolve else res.elapsed_s, 1e-9):.1f}"
+        " frames/s end to end"
+    )
+    ring = (
+        (
+            f", of which up to {seq_mb} MB is the core's own sequence ring buffer "
+            "(UniMMCore default 1024 MB; env UNICORE_SEQUENCE_BUFFER_MB)"
+        )
+        if a.sequence
+        else ""
+    )
+    print(
+        f"max raw queue {res.max_queue} frames (bound {res.memory_bound_mb:.0f} MB); "
+        f"peak RSS {rss_mb:.0f} MB{ring}"
+    )
     if a.deconvolve:
-        print(f"deconvolution: {res.deconvolved} frames in {res.deconv_elapsed_s:.1f} s -> "
-              f"{res.deconvolved / max(res.deconv_elapsed_s, 1e-9):.2f} frames/s")
+        print(
+            f"deconvolution: {res.deconvolved} frames in {res.deconv_elapsed_s:.1f} s -> "
+            f"{res.deconvolved / max(res.deconv_elapsed_s, 1e-9):.2f} frames/s"
+        )
     if res.error:
         print(f"error: {res.error}")
     if not a.out:
@@ -107,8 +130,7 @@ def replay(a: argparse.Namespace) -> None:
         frames.append(np.asarray(core.getImage()))
     core.unloadAllDevices()
     tmp = Path(tempfile.mkdtemp(prefix="record_load_"))
-    sess = RecordSession(tmp / "replay.zarr", Estimator.load("zernike3"),
-                         deconvolve=a.deconvolve)
+    sess = RecordSession(tmp / "replay.zarr", Estimator.load("zernike3"), deconvolve=a.deconvolve)
     for i in range(a.frames):
         sess.submit(frames[i % 8])
     sess.finish_acquisition()
@@ -118,11 +140,15 @@ def replay(a: argparse.Namespace) -> None:
     rep = verify_store(tmp / "replay.zarr")
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"replay: {a.frames} frames {a.size}x{a.size} uint16 submitted as fast as accepted")
-    print(f"written {res.written}, mapped {res.mapped}, deconvolved {res.deconvolved}; "
-          f"verify frames {rep['frames']} ok={rep['ok']}; frames lost: {a.frames - rep['frames']}")
-    print(f"sustained to disk: {res.write_rate:.1f} frames/s; maps: "
-          f"{res.mapped / max(res.map_elapsed_s, 1e-9):.1f} frames/s; max raw queue "
-          f"{res.max_queue} (bound {res.memory_bound_mb:.0f} MB); peak RSS {rss_mb:.0f} MB")
+    print(
+        f"written {res.written}, mapped {res.mapped}, deconvolved {res.deconvolved}; "
+        f"verify frames {rep['frames']} ok={rep['ok']}; frames lost: {a.frames - rep['frames']}"
+    )
+    print(
+        f"sustained to disk: {res.write_rate:.1f} frames/s; maps: "
+        f"{res.mapped / max(res.map_elapsed_s, 1e-9):.1f} frames/s; max raw queue "
+        f"{res.max_queue} (bound {res.memory_bound_mb:.0f} MB); peak RSS {rss_mb:.0f} MB"
+    )
     if a.deconvolve:
         print(f"deconvolution: {res.deconvolved / max(res.deconv_elapsed_s, 1e-9):.2f} frames/s")
     shutil.rmtree(tmp, ignore_errors=True)

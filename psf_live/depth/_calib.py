@@ -792,8 +792,10 @@ def fit_calibration(
         fit=fit,
     )
     spreads = [depth_spread(m, cal) for m in maps]
-    if spread_quantile is not None and spread_quantile < 1.0 and all(
-        s is not None for s in spreads
+    if (
+        spread_quantile is not None
+        and spread_quantile < 1.0
+        and all(s is not None for s in spreads)
     ):
         pooled = np.concatenate([s[np.isfinite(s)] for s in spreads if s is not None])
         cal.max_spread_um = float(np.quantile(pooled, spread_quantile))

@@ -35,9 +35,7 @@ of axis noise the test error drops from 1.50 % to 0.81 % of the depth range
 """
 
 
-def _columns(
-    params: npt.ArrayLike, names: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray]:
+def _columns(params: npt.ArrayLike, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(params, dtype=np.float64)
     names = tuple(names)
     for need in ("focus", "axis"):

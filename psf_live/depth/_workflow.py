@@ -191,4 +191,3 @@ def frame_depth(
         )
     fr = depth_full(grid, m.centers_y, m.centers_x, tuple(m.frame_shape)) if full else None
     return FrameDepth(grid, fr, np.asarray(m.centers_y), np.asarray(m.centers_x), plane)
-

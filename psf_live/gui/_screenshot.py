@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calibration", default=None)
     a = p.parse_args(argv)
     out = render_screenshot(
-        a.output, model=a.model, stride=a.stride, maps=a.maps, overlay=a.overlay,
+        a.output,
+        model=a.model,
+        stride=a.stride,
+        maps=a.maps,
+        overlay=a.overlay,
         calibration=a.calibration,
     )
     print(out)

@@ -14,9 +14,7 @@ _HATCH_PERIOD = 8
 """Pixels per hatch stripe period in the invalid-patch overlay (per patch cell: 16 px)."""
 
 
-def patch_rect(
-    centers_y: np.ndarray, centers_x: np.ndarray, stride: int
-) -> QtCore.QRectF:
+def patch_rect(centers_y: np.ndarray, centers_x: np.ndarray, stride: int) -> QtCore.QRectF:
     """Rectangle (frame pixels) covered by a patch grid drawn as one cell per patch.
 
     Each patch is drawn as a ``stride`` x ``stride`` cell centred on its centre, so the
@@ -85,8 +83,12 @@ class HeatmapView(pg.GraphicsLayoutWidget):  # type: ignore[misc]
         for item in (self.image, self.hatch):
             self.plot.addItem(item)
         self.cbar = pg.ColorBarItem(
-            values=levels, colorMap=pg.colormap.get(cmap, source=_cmap_source(cmap)),
-            label=label, interactive=True, rounding=_rounding(levels), width=14,
+            values=levels,
+            colorMap=pg.colormap.get(cmap, source=_cmap_source(cmap)),
+            label=label,
+            interactive=True,
+            rounding=_rounding(levels),
+            width=14,
         )
         self.cbar.setImageItem(self.image, insert_in=self.plot)
         self.quantity = label

@@ -140,7 +140,9 @@ class RecordSession:
             meta["depth_calibration"] = calibration.to_dict()
         if deconvolve:
             meta["deconvolution"] = {
-                "iterations": iterations, "lambda_tv": lambda_tv, "method": "TV-RL (Dey 2006)",
+                "iterations": iterations,
+                "lambda_tv": lambda_tv,
+                "method": "TV-RL (Dey 2006)",
             }
         if self.path.exists():
             raise FileExistsError(f"{self.path}: already exists")
@@ -473,8 +475,14 @@ def record(
     }
     px = core.getPixelSizeUm() or None
     sess = RecordSession(
-        path, estimator, calibration=calibration, deconvolve=deconvolve, metadata=meta,
-        pixel_size_um=px, frame_interval_s=(interval_ms / 1000.0) or None, **session_kw,
+        path,
+        estimator,
+        calibration=calibration,
+        deconvolve=deconvolve,
+        metadata=meta,
+        pixel_size_um=px,
+        frame_interval_s=(interval_ms / 1000.0) or None,
+        **session_kw,
     )
     sess.result.expected = expected
     sess._last_shape = (core.getImageHeight(), core.getImageWidth())
