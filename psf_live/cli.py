@@ -446,7 +446,7 @@ def depth_cmd(
             raise fail(str(exc)) from None
         out.append(fd.grid if grid or fd.full is None else fd.full)
         plane = fd.plane.line() if fd.plane is not None else "no plane (< 3 valid patches)"
-        typer.echo(f"frame {t}: {plane}")
+        typer.echo(f"frame {t}: {plane}; {fd.line()}")
     import tifffile
 
     arr = np.stack(out).astype(np.float32)

@@ -93,6 +93,7 @@ def test_calibrate_then_depth(tmp_path: Path, fake: TiltMapper) -> None:
     assert r.exit_code == 0, r.output
     tx, ty = _tilts(r.output)[0]
     assert tx == pytest.approx(8.0, abs=0.1) and ty == pytest.approx(0.0, abs=0.1)
+    assert "depth on" in r.output and "views disagree" not in r.output  # no TTA here
     d = tifffile.imread(tmp_path / "d.tif")
     assert d.shape == SHAPE and d.dtype == np.float32
     x = np.arange(SHAPE[1])
@@ -135,6 +136,15 @@ def test_calibrate_with_tta_sets_the_spread_limit(
     assert r.exit_code == 0, r.output
     assert "views disagree by more than" in r.output and "90 %" in r.output
     assert json.loads(out.read_text())["max_spread_um"] > 0
+    img = _write(tmp_path, "x.tif", _frame(8))
+    r = runner.invoke(cli.app, ["depth", img, "-c", str(out), "-o", str(tmp_path / "d.tif")])
+    assert r.exit_code == 0, r.output
+    n = re.search(
+        r"depth on (\d+) of 35 patches \((\d+) valid; left out: (\d+) whose views", r.output
+    )
+    assert n is not None, r.output
+    used, valid, spread = (int(v) for v in n.groups())
+    assert 0 < spread < valid // 3 and used <= valid - spread
     r = runner.invoke(cli.app, [*base, "--spread-quantile", "1"])
     assert r.exit_code == 0, r.output
     assert "disagree" not in r.output and json.loads(out.read_text())["max_spread_um"] is None

@@ -154,13 +154,32 @@ def acquire_calibration_frames(
 
 @dataclass(frozen=True)
 class FrameDepth:
-    """Depth of one frame: the patch grid, the full-resolution map and the plane tilt."""
+    """Depth of one frame: the patch grid, the full-resolution map and the plane tilt.
+
+    ``n_valid``: patches the network called valid; ``n_spread``: of those, left out
+    because their test-time-augmentation views disagree (:func:`depth_spread`);
+    ``n_cleaned``: then left out by :func:`clean_depth`.
+    """
 
     grid: np.ndarray
     full: np.ndarray | None
     centers_y: np.ndarray
     centers_x: np.ndarray
     plane: PlaneTilt | None
+    n_valid: int = 0
+    n_spread: int = 0
+    n_cleaned: int = 0
+
+    def line(self) -> str:
+        """How many patches the depth rests on, and why the others were left out."""
+        used = int(np.isfinite(self.grid).sum())
+        why = []
+        if self.n_spread:
+            why.append(f"{self.n_spread} whose views disagree")
+        if self.n_cleaned:
+            why.append(f"{self.n_cleaned} off their neighbours")
+        out = f"depth on {used} of {self.grid.size} patches ({self.n_valid} valid"
+        return out + (f"; left out: {', '.join(why)})" if why else ")")
 
 
 def frame_depth(
@@ -182,12 +201,26 @@ def frame_depth(
     """
     m = mapper.map(frame)
     grid = depth_map(m, calibration)
+    n_valid = int(np.asarray(m.valid).sum())
+    n_spread = n_valid - int(np.isfinite(grid).sum())
+    n_cleaned = 0
     if clean:
+        before = int(np.isfinite(grid).sum())
         grid = clean_depth(grid, m.centers_y, m.centers_x)
+        n_cleaned = before - int(np.isfinite(grid).sum())
     plane = None
     if int(np.isfinite(grid).sum()) >= 3:
         plane = fit_depth_plane(
             grid, m.centers_y, m.centers_x, calibration.pixel_size_um, tuple(m.frame_shape)
         )
     fr = depth_full(grid, m.centers_y, m.centers_x, tuple(m.frame_shape)) if full else None
-    return FrameDepth(grid, fr, np.asarray(m.centers_y), np.asarray(m.centers_x), plane)
+    return FrameDepth(
+        grid,
+        fr,
+        np.asarray(m.centers_y),
+        np.asarray(m.centers_x),
+        plane,
+        n_valid=n_valid,
+        n_spread=n_spread,
+        n_cleaned=n_cleaned,
+    )
