@@ -328,3 +328,17 @@ def test_overlap_add_picks_the_cheaper_method() -> None:
     c = (np.arange(8) + 0.5) * 128 + 25
     k64 = torch.ones(64, 51, 51) / 51**2
     assert OverlapAdd((1074, 1074), c, c, k64).method == "windows"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@_METHODS
+def test_overlap_add_cpu_and_cuda_agree(generator: torch.Generator, method: str) -> None:
+    kernels = _kernels(generator)
+    x = torch.rand(90, 110, generator=generator)
+    inner = torch.rand(80, 100, generator=generator)
+    cpu = OverlapAdd((90, 110), _CY, _CX, kernels, method=method)
+    gpu = OverlapAdd((90, 110), _CY, _CX, kernels.cuda(), method=method)
+    torch.testing.assert_close(gpu.forward(x.cuda(), crop=5).cpu(), cpu.forward(x, crop=5))
+    torch.testing.assert_close(
+        gpu.adjoint(inner.cuda(), margin=5).cpu(), cpu.adjoint(inner, margin=5)
+    )
