@@ -12,6 +12,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Markdown help: the docstrings' paragraphs are reflowed to the terminal width (in
+    # the default mode their hard line breaks were kept, and wrapped again mid-line)
+    rich_markup_mode="markdown",
 )
 
 
