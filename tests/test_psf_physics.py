@@ -342,3 +342,38 @@ def test_overlap_add_cpu_and_cuda_agree(generator: torch.Generator, method: str)
     torch.testing.assert_close(
         gpu.adjoint(inner.cuda(), margin=5).cpu(), cpu.adjoint(inner, margin=5)
     )
+
+
+def test_zernike_psf_equals_the_centred_fft_of_the_pupil() -> None:
+    """The matrix-DFT rendering gives the samples of |FFT(pupil)|^2 on the centred grid."""
+    from psf_live.psf._render import next_fast_len
+
+    optics = Optics()
+    size, os_ = 21, optics.oversample
+    f, c, a = torch.tensor([0.4, -0.2]), torch.tensor([0.1, 0.3]), torch.tensor([0.3, 2.0])
+    n_win, dx = size * os_, optics.pixel_size_um / os_
+    n = next_fast_len(math.ceil(max(1.5 * n_win, 32.0 / (optics.cutoff_cycles_per_um * dx))))
+    k = (torch.arange(n, dtype=torch.float64) - n // 2) / (n * dx)
+    ky, kx = torch.meshgrid(k, k, indexing="ij")
+    rho = torch.sqrt(kx**2 + ky**2) / optics.cutoff_cycles_per_um
+    phi = torch.atan2(ky, kx)
+    phase = (
+        2
+        * math.pi
+        * (
+            f.double()[:, None, None] * math.sqrt(3) * (2 * rho**2 - 1)
+            + c.double()[:, None, None]
+            * math.sqrt(6)
+            * rho**2
+            * torch.cos(2 * (phi - a.double()[:, None, None]))
+        )
+    )
+    pupil = torch.polar((rho <= 1).double().expand_as(phase), phase)
+    field = torch.fft.fftshift(
+        torch.fft.fft2(torch.fft.ifftshift(pupil, dim=(-2, -1))), dim=(-2, -1)
+    )
+    start = n // 2 - n_win // 2
+    win = field.abs().square()[:, start : start + n_win, start : start + n_win]
+    ref = win.reshape(2, size, os_, size, os_).sum(dim=(2, 4))
+    ref = ref / ref.sum(dim=(-2, -1), keepdim=True)
+    torch.testing.assert_close(zernike_psf(f, c, a, size).double(), ref, atol=1e-6, rtol=1e-4)

@@ -90,7 +90,7 @@ def zernike_psf(
     ``2 pi [focus * sqrt(3) (2 rho^2 - 1) + cylinder * sqrt(6) rho^2 cos(2 (phi - axis))]``
     (Noll-normalised Zernike terms Z4 and Z5/Z6, coefficients in waves RMS; ``phi``
     is measured from the +x (column) axis towards +y (rows)). The PSF is
-    ``|FFT(pupil)|^2`` sampled ``optics.oversample`` times finer than the camera,
+    ``|DFT(pupil)|^2`` sampled ``optics.oversample`` times finer than the camera,
     integrated over each camera pixel and normalised to sum to one.
 
     Parameters
@@ -130,8 +130,14 @@ def zernike_psf(
     n_min = max(1.5 * n_win, 32.0 / (optics.cutoff_cycles_per_um * dx))
     n_fft = next_fast_len(math.ceil(n_min))
     df = 1.0 / (n_fft * dx)
-    k = (torch.arange(n_fft, device=device, dtype=torch.float32) - n_fft // 2) * df
-    ky, kx = torch.meshgrid(k, k, indexing="ij")
+    # Only the pupil disc is non-zero and only the n_win x n_win window of the field
+    # is kept, so the DFT is done as two matrix products over the disc's bounding
+    # square (the "matrix Fourier transform"): the same samples as the centred
+    # n_fft-point FFT of the pupil, at a fraction of the work (64 kernels of 85 px:
+    # 75 x 75 pupil samples instead of 384 x 384).
+    half = math.floor(optics.cutoff_cycles_per_um / df)
+    kk = torch.arange(-half, half + 1, device=device, dtype=torch.float32)
+    ky, kx = torch.meshgrid(kk * df, kk * df, indexing="ij")
     rho = torch.sqrt(kx**2 + ky**2) / optics.cutoff_cycles_per_um
     inside = rho <= 1.0
     phi = torch.atan2(ky, kx)
@@ -145,13 +151,14 @@ def zernike_psf(
         )
     )
     pupil = torch.polar(inside.float().expand_as(phase), phase * inside)
-    field = torch.fft.fftshift(
-        torch.fft.fft2(torch.fft.ifftshift(pupil, dim=(-2, -1))), dim=(-2, -1)
-    )
+    # field[j] = sum_k pupil[k] exp(-2 pi i x_j f_k), x_j = j dx for the window's
+    # samples j = -(n_win // 2) ... (the centred FFT's convention), f_k = k df
+    jj = torch.arange(n_win, device=device, dtype=torch.float64) - n_win // 2
+    ang = (-2.0 * math.pi / n_fft) * torch.outer(jj, kk.double())
+    dft = torch.polar(torch.ones_like(ang), ang).to(torch.complex64)  # (n_win, m)
+    field = dft @ pupil @ dft.T
     intensity = field.real**2 + field.imag**2
-    start = n_fft // 2 - n_win // 2
-    win = intensity[:, start : start + n_win, start : start + n_win]
-    psf = win.reshape(-1, size, os_, size, os_).sum(dim=(2, 4))
+    psf = intensity.reshape(-1, size, os_, size, os_).sum(dim=(2, 4))
     return psf / psf.sum(dim=(-2, -1), keepdim=True)
 
 
