@@ -110,5 +110,9 @@ def test_estimate_tta(tmp_path: Path, model_path: Path, rng: np.random.Generator
         assert r.exit_code == 0, r.output
         with np.load(out) as z:
             outs[bool(flag)] = z["params"]
+            # the 8 views' estimates travel with a --tta map (uncertainty per patch)
+            assert ("view_params" in z) == bool(flag)
+            if flag:
+                assert z["view_params"].shape == (*z["params"].shape[:2], 8, 3)
     assert outs[True].shape == outs[False].shape
     assert not np.allclose(outs[True], outs[False])

@@ -97,8 +97,11 @@ class PSFMap:
         return self.params[:, :, k]
 
     def to_npz_dict(self) -> dict[str, np.ndarray]:
-        """Arrays for ``numpy.savez``: params, names, units, valid, valid_prob, centres."""
-        return {
+        """Arrays for ``numpy.savez``: params, names, units, valid, valid_prob, centres.
+
+        With test-time augmentation also ``view_params`` (rows, cols, 8, N).
+        """
+        out = {
             "params": self.params,
             "names": np.array(self.param_names),
             "units": np.array(self.units),
@@ -107,6 +110,9 @@ class PSFMap:
             "centers_y": self.centers_y,
             "centers_x": self.centers_x,
         }
+        if self.view_params is not None:
+            out["view_params"] = self.view_params
+        return out
 
 
 def _axis_pair(names: tuple[str, ...]) -> tuple[int, int] | None:
