@@ -173,7 +173,8 @@ def make_images(tilts: list[float], seed: int, ground_truth: bool, args: Any) ->
     torch.set_num_threads(args.threads)
     scope = SimMicroscope(SimSettings(shape=SHAPE), seed=seed)
     scope.update(cylinder=0.25, cylinder_axis=math.pi / 4, tilt_axis="x")
-    est = None if args.render_only else Estimator.load(args.model, tta=args.tta)
+    tta = args.tta_views if args.tta else False
+    est = None if args.render_only else Estimator.load(args.model, tta=tta)
     try:
         from tqdm import tqdm
 
@@ -263,6 +264,13 @@ def main() -> int:
     )
     ap.add_argument("--model", default="zernike3")
     ap.add_argument("--tta", action="store_true", help="map with test-time augmentation")
+    ap.add_argument(
+        "--tta-views",
+        type=int,
+        default=8,
+        choices=[2, 4, 8],
+        help="with --tta: views per patch (8 all, 4 quarter turns, 2 patch + transpose)",
+    )
     ap.add_argument("--features", default="signed", choices=list(FEATURE_SETS))
     ap.add_argument("--fit", default="forward", choices=["inverse", "forward"])
     ap.add_argument(
@@ -311,7 +319,7 @@ def main() -> int:
 
     src = "ground-truth maps" if args.ground_truth_maps else f"network {args.model!r}"
     if args.tta and not args.ground_truth_maps:
-        src += " with test-time augmentation"
+        src += f" with test-time augmentation ({args.tta_views} views)"
     print(f"Depth from astigmatism (Table VI) on the simulated scope, {src}")
     print(
         f"{len(items)} images: {len(cal_items)} for calibration (tilts 3/6/10), "
@@ -361,7 +369,7 @@ def main() -> int:
     )
     if cal.max_spread_um is not None:
         print(
-            f"patches whose 8 TTA views disagree by more than {cal.max_spread_um:.2f} um (SD) "
+            f"patches whose TTA views disagree by more than {cal.max_spread_um:.2f} um (SD) "
             f"are left out (quantile {args.spread_quantile:g} of the calibration patches)"
         )
 

@@ -48,7 +48,7 @@ def _calibrated_estimator(
     from psf_live.estimate import Estimator
 
     name = model or (cal.network.get("name") if cal is not None else None)
-    tta = bool(cal.network.get("tta", False)) if cal is not None else False
+    tta = cal.tta_views if cal is not None else 1
     try:
         est = Estimator.load(name, tta=tta, **kwargs)
     except Exception as exc:
@@ -272,12 +272,18 @@ def calibrate_depth(
     ),
     min_r2: float = typer.Option(0.9, "--min-r2", help="Refuse fits with a lower R^2."),
     tta: bool = _TTA_OPTION,
+    tta_views: int = typer.Option(
+        8,
+        "--tta-views",
+        help="With --tta: views per patch, 8 (all rotations and flips), 4 (quarter turns) "
+        "or 2 (the patch and its transpose): fewer are faster, for live depth.",
+    ),
     spread_quantile: float = typer.Option(
         0.9,
         "--spread-quantile",
         min=0.0,
         max=1.0,
-        help="With --tta: depth maps keep the patches whose 8 views agree as well as this "
+        help="With --tta: depth maps keep the patches whose views agree as well as this "
         "share of the calibration patches did (1 keeps all).",
     ),
     config: str = typer.Option(
@@ -306,6 +312,8 @@ def calibrate_depth(
         raise fail(str(exc)) from None
     if axis not in ("x", "y"):
         raise fail(f"--axis must be x or y, got {axis!r}")
+    if tta and tta_views not in (2, 4, 8):
+        raise fail(f"--tta-views must be 2, 4 or 8, got {tta_views}")
     if bool(images) == bool(config):
         raise fail("give calibration images or --config (not both, not neither)")
     frames: list[Any] = []
@@ -334,7 +342,7 @@ def calibrate_depth(
         finally:
             core.unloadAllDevices()
     try:
-        est = _load_estimator(model, tta=tta)
+        est = _load_estimator(model, tta=tta_views if tta else False)
     except Exception as exc:
         raise fail(f"cannot load model {model or 'zernike3'!r}: {exc}") from None
     try:
@@ -368,13 +376,13 @@ def calibrate_depth(
     )
     if cal.max_spread_um is not None:
         typer.echo(
-            f"depth maps leave out patches whose 8 views disagree by more than "
+            f"depth maps leave out patches whose TTA views disagree by more than "
             f"{cal.max_spread_um:.2f} um (SD; {100 * spread_quantile:.0f} % of the "
             "calibration patches agree better)"
         )
 
 
-def _load_estimator(model: str | None, tta: bool = False):  # type: ignore[no-untyped-def]
+def _load_estimator(model: str | None, tta: bool | int = False):  # type: ignore[no-untyped-def]
     from psf_live.estimate import Estimator
 
     return Estimator.load(model or "zernike3", tta=tta)
@@ -438,7 +446,7 @@ def depth_cmd(
     frames, is_stack = _load_frames(image)
     name = model or cal.network.get("name") or None
     try:  # mapped the way the calibration was (with or without --tta)
-        est = _load_estimator(name, tta=bool(cal.network.get("tta", False)))
+        est = _load_estimator(name, tta=cal.tta_views)
     except Exception as exc:
         raise fail(f"cannot load model {name or 'zernike3'!r}: {exc}") from None
     out = []

@@ -303,6 +303,19 @@ def test_calibration_binds_the_tta_mode():
         depth_map(plain[0], cal)
     same = _maps([6], np.random.default_rng(9), meta=meta)
     assert np.isfinite(depth_map(same[0], cal)).any()
+    # with fewer views the count binds too; metadata without the count meant 8 views
+    assert cal.network["tta_views"] == 8 and cal.tta_views == 8
+    two = {**meta, "tta_views": 2}
+    cal2 = fit_calibration(_maps([3, 10], np.random.default_rng(8), meta=two), [3, 10])
+    assert cal2.tta_views == 2
+    with pytest.raises(CalibrationError, match="2-view test-time augmentation"):
+        depth_map(_maps([6], np.random.default_rng(9), meta={**meta, "tta_views": 8})[0], cal2)
+    with pytest.raises(CalibrationError, match="with test-time augmentation"):
+        depth_map(_maps([6], np.random.default_rng(9), meta=two)[0], cal)
+    assert np.isfinite(depth_map(_maps([6], np.random.default_rng(9), meta=two)[0], cal2)).any()
+    old = cal.to_dict()
+    old["network"].pop("tta_views")
+    assert DepthCalibration.from_dict(old).tta_views == 8
 
 
 def _with_views(m, rng, noisy, spread_waves=0.2, base_waves=0.005):

@@ -128,7 +128,13 @@ def test_calibrate_with_tta_sets_the_spread_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = ViewsMapper({**META, "tta": True})
-    monkeypatch.setattr(cli, "_load_estimator", lambda model, tta=False: m)
+    asked: list[Any] = []
+
+    def load(model: Any, tta: Any = False) -> ViewsMapper:
+        asked.append(tta)
+        return m
+
+    monkeypatch.setattr(cli, "_load_estimator", load)
     imgs = [_write(tmp_path, f"g{t}.tif", _frame(t)) for t in (3, 6, 10)]
     out = tmp_path / "c.json"
     base = ["calibrate-depth", *imgs, "--tilt-deg", "3,6,10", "--tta", "-o", str(out)]
@@ -145,6 +151,11 @@ def test_calibrate_with_tta_sets_the_spread_limit(
     assert n is not None, r.output
     used, valid, spread = (int(v) for v in n.groups())
     assert 0 < spread < valid // 3 and used <= valid - spread
+    assert asked == [8, 8]  # calibrate-depth --tta, then depth following the calibration
+    r = runner.invoke(cli.app, [*base, "--tta-views", "3"])
+    assert r.exit_code != 0 and "--tta-views must be 2, 4 or 8" in r.output
+    r = runner.invoke(cli.app, [*base, "--tta-views", "2"])
+    assert r.exit_code == 0 and asked[-1] == 2, r.output
     r = runner.invoke(cli.app, [*base, "--spread-quantile", "1"])
     assert r.exit_code == 0, r.output
     assert "disagree" not in r.output and json.loads(out.read_text())["max_spread_um"] is None

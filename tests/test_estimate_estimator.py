@@ -245,6 +245,17 @@ def test_tta_maps_carry_each_views_estimate() -> None:
     np.testing.assert_allclose(
         spread(b.view_params), spread(a.view_params).transpose(1, 0, 2), atol=1e-4
     )
+    # fewer views: the patch and its transpose, or its quarter turns - the same
+    # estimates as those views of the full set, in the full set's order
+    assert est.meta["tta_views"] == 8
+    for n, pick in ((2, [0, 1]), (4, [0, 2, 4, 6])):
+        few = Estimator(net, card, "cpu", tta=n, fill=False, precision="fp32")
+        assert few.meta["tta"] is True and few.meta["tta_views"] == n
+        m = few.map(frame, 64)
+        assert m.view_params is not None and m.view_params.shape == (*m.shape, n, 3)
+        np.testing.assert_allclose(m.view_params, a.view_params[:, :, pick], atol=1e-5)
+    with pytest.raises(ValueError, match="views"):
+        Estimator(net, card, "cpu", tta=3)
 
 
 def test_auto_precision_on_cpu_takes_bf16_only_where_native_and_checked(

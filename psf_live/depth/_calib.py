@@ -208,7 +208,8 @@ class DepthCalibration:
         Object-space pixel size of the calibration images.
     network : dict
         ``name``, ``sha256`` and ``psf_model`` of the network that produced the maps,
-        and ``tta`` (whether they were mapped with test-time augmentation).
+        ``tta`` (whether they were mapped with test-time augmentation) and
+        ``tta_views`` (with how many views: 8, 4 or 2; 1 without).
     param_names : list of str
         Parameter names of that network's maps.
     optics : dict
@@ -270,12 +271,21 @@ class DepthCalibration:
                 f"not {meta.get('name', '?')!r}"
             )
         # test-time augmentation shifts the outputs: the mode must match (older
-        # calibrations without the key were made without it)
-        if bool(self.network.get("tta", False)) != bool(meta.get("tta", False)):
-            mode = "with" if self.network.get("tta") else "without"
-            raise CalibrationError(
-                f"{where}: made {mode} test-time augmentation (--tta); map the images the same way"
-            )
+        # calibrations without the key were made without it, and with it meant 8 views)
+        want_views, got_views = self.tta_views, _tta_views(meta)
+        if want_views != got_views:
+            if want_views == 1:
+                mode = "without test-time augmentation"
+            elif want_views == 8:
+                mode = "with test-time augmentation (--tta)"
+            else:
+                mode = f"with {want_views}-view test-time augmentation (--tta-views {want_views})"
+            raise CalibrationError(f"{where}: made {mode}; map the images the same way")
+
+    @property
+    def tta_views(self) -> int:
+        """Views of test-time augmentation the calibration's maps were made with (1: none)."""
+        return _tta_views(self.network)
 
     def predict(self, params: npt.ArrayLike, names: Sequence[str] | None = None) -> np.ndarray:
         """Depth (um, float32) of (..., N) parameters, no validity handling."""
@@ -331,6 +341,16 @@ class DepthCalibration:
             raise CalibrationError(f"{p}: invalid depth calibration ({e})") from None
         cal.source = str(p)
         return cal
+
+
+def _tta_views(meta: dict[str, Any]) -> int:
+    """Return the views of test-time augmentation in network metadata (1: none).
+
+    Metadata from before ``tta_views`` existed has only ``tta``, which meant 8 views.
+    """
+    if "tta_views" in meta:
+        return int(meta["tta_views"])
+    return 8 if meta.get("tta") else 1
 
 
 def _map_parts(psf_map: Any) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict[str, Any]]:
@@ -785,6 +805,7 @@ def fit_calibration(
             "sha256": str(meta0.get("sha256", "")),
             "psf_model": str(meta0.get("psf_model", "")),
             "tta": bool(meta0.get("tta", False)),
+            "tta_views": _tta_views(meta0),
         },
         param_names=list(names0),
         optics=dict(meta0.get("optics", {}) or {}),

@@ -90,12 +90,15 @@ class Estimator:
         On CUDA, capture the network once per batch size in a CUDA graph and replay
         it (removes kernel-launch overhead for small networks; falls back to eager
         execution if capture fails).
-    tta : bool
+    tta : bool or int
         Test-time augmentation for offline accuracy: every patch also goes through
         the network in its 8 rotated/transposed versions, and the outputs are averaged with
         the parameters transformed back (:func:`psf_live.nets.dihedral_mean`). Eight
-        times the inference time; the live mapper leaves it off. Recorded in
-        ``meta["tta"]``, so a depth calibration made with it refuses maps without it.
+        times the inference time; the live mapper leaves it off. An int picks fewer
+        views (:func:`psf_live.nets.dihedral_views`): 2 (the patch and its transpose)
+        or 4 (its quarter turns), at 2 or 4 times the inference. Recorded in
+        ``meta["tta"]`` and ``meta["tta_views"]``, so a depth calibration made with it
+        refuses maps made otherwise.
         The maps then also carry each view's estimate (``PSFMap.view_params``), whose
         disagreement measures how far a patch's estimate can be trusted.
     """
@@ -115,7 +118,7 @@ class Estimator:
         optimize: bool = True,
         compile: bool = False,
         cuda_graphs: bool = False,
-        tta: bool = False,
+        tta: bool | int = False,
     ) -> None:
         import torch
 
@@ -133,8 +136,13 @@ class Estimator:
         self.device = torch.device(device)
         self.card = card
         self.meta = _card_meta(card)
-        self.tta = bool(tta)
+        views = (8 if tta else 1) if isinstance(tta, bool) else int(tta)
+        if views not in (1, 2, 4, 8):
+            raise ValueError(f"tta must be a bool or 1, 2, 4 or 8 views, got {tta!r}")
+        self.tta_views = views
+        self.tta = views > 1
         self.meta["tta"] = self.tta
+        self.meta["tta_views"] = views
         self.psf_model: str = str(card.psf_model)
         self.param_names: tuple[str, ...] = tuple(card.param_names)
         self.units: tuple[str, ...] = tuple(card.units)
@@ -302,7 +310,7 @@ class Estimator:
     def _infer(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw outputs of normalised patches: the mean over flips when ``tta`` is on.
 
-        Returns the (B, 1 + T) output and, with ``tta``, the (8, B, 1 + T) views.
+        Returns the (B, 1 + T) output and, with ``tta``, the (V, B, 1 + T) views.
         """
         if not self.tta:
             return self._forward(x), None
@@ -310,7 +318,7 @@ class Estimator:
 
         # each view is made contiguous there; with one channel that is already the
         # channels_last layout, so no conversion is needed
-        views = dihedral_views(self._forward, x, self.codec)
+        views = dihedral_views(self._forward, x, self.codec, self.tta_views)
         return views.mean(0), views
 
     def _graph_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -438,7 +446,7 @@ class Estimator:
             if views is not None:
                 _, vp = self.codec.decode(views.reshape(-1, views.shape[-1]))
                 n = len(self.param_names)
-                vp_np = _to_numpy(vp).astype(np.float32).reshape(8, rows, cols, n)
+                vp_np = _to_numpy(vp).astype(np.float32).reshape(-1, rows, cols, n)
                 view_params = np.ascontiguousarray(vp_np.transpose(1, 2, 0, 3))
         prob = _to_numpy(prob_t).astype(np.float32).reshape(rows, cols)
         raw_params = _to_numpy(params_t).astype(np.float32).reshape(rows, cols, -1)
@@ -487,5 +495,6 @@ class Estimator:
         name = self.meta.get("name", "?")
         return (
             f"Estimator(model={name!r}, psf_model={self.psf_model!r}, device={self.device}, "
-            f"precision={self.precision!r}, stride={self.stride}, tta={self.tta})"
+            f"precision={self.precision!r}, stride={self.stride}, "
+            f"tta={self.tta_views if self.tta else False})"
         )

@@ -45,9 +45,10 @@ class PSFMap:
     raw_params : numpy.ndarray or None
         The network output before the KNN fill (same shape as ``params``).
     view_params : numpy.ndarray or None
-        (rows, cols, 8, N) float32: with test-time augmentation, the estimate of each
-        of the 8 rotated/transposed views of every patch (mapped back to the frame);
-        ``params`` is decoded from their mean raw output. None without it.
+        (rows, cols, V, N) float32: with test-time augmentation, the estimate of each
+        of the V (8, 4 or 2) rotated/transposed views of every patch (mapped back to
+        the frame, the patch itself first); ``params`` is decoded from their mean raw
+        output. None without it.
     filled : bool
         Whether invalid patches were filled.
     timings : dict

@@ -9,7 +9,7 @@ import torch
 
 from psf_live.psf import get_model
 
-__all__ = ["OutputCodec", "dihedral_mean", "dihedral_views", "get_codec"]
+__all__ = ["TTA_VIEWS", "OutputCodec", "dihedral_mean", "dihedral_views", "get_codec"]
 
 
 class OutputCodec:
@@ -147,15 +147,29 @@ class OutputCodec:
         return r
 
 
-def dihedral_views(
-    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, codec: OutputCodec
-) -> torch.Tensor:
-    """Raw outputs of the 8 symmetries of each patch, mapped back to the patch's frame.
+TTA_VIEWS = (1, 2, 4, 8)
+"""Numbers of symmetry views test-time augmentation can use (see :func:`dihedral_views`)."""
 
-    Runs ``forward`` on the four quarter turns of the patches and their transposes
-    (eight batches of B, one view at a time: one batch of 8 B patches is slower) and
-    maps each output back with :meth:`OutputCodec.undo_dihedral`. Their mean is
-    :func:`dihedral_mean`; their disagreement is a per-patch uncertainty.
+_VIEW_SETS = {
+    1: ((0, False),),
+    2: ((0, False), (0, True)),
+    4: ((0, False), (1, False), (2, False), (3, False)),
+    8: tuple((k, tr) for k in range(4) for tr in (False, True)),
+}
+
+
+def dihedral_views(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    codec: OutputCodec,
+    views: int = 8,
+) -> torch.Tensor:
+    """Raw outputs of symmetric views of each patch, mapped back to the patch's frame.
+
+    Runs ``forward`` on the views of the patches (one batch of B at a time: one batch
+    of 8 B patches is slower) and maps each output back with
+    :meth:`OutputCodec.undo_dihedral`. Their mean is :func:`dihedral_mean`; their
+    disagreement is a per-patch uncertainty.
 
     Parameters
     ----------
@@ -165,19 +179,23 @@ def dihedral_views(
         Normalised patches (B, 1, P, P).
     codec : OutputCodec
         The network's codec.
+    views : {8, 4, 2, 1}
+        8: the four quarter turns and their transposes (the full dihedral group);
+        4: the quarter turns; 2: the patch and its transpose; 1: the patch.
 
     Returns
     -------
     torch.Tensor
-        (8, B, 1 + T) float32 raw outputs.
+        (views, B, 1 + T) float32 raw outputs, the patch itself first.
     """
-    views = []
-    for k in range(4):
+    if views not in _VIEW_SETS:
+        raise ValueError(f"views must be one of {TTA_VIEWS}, got {views!r}")
+    out = []
+    for k, tr in _VIEW_SETS[views]:
         turned = torch.rot90(x, k, dims=(-2, -1))
-        for tr in (False, True):
-            view = (turned.transpose(-2, -1) if tr else turned).contiguous()
-            views.append(codec.undo_dihedral(forward(view).float(), k, tr))
-    return torch.stack(views)
+        view = (turned.transpose(-2, -1) if tr else turned).contiguous()
+        out.append(codec.undo_dihedral(forward(view).float(), k, tr))
+    return torch.stack(out)
 
 
 def dihedral_mean(
