@@ -228,7 +228,7 @@ class DepthCalibration:
         then inverted: pure noise in the metric does not shrink the tilt) or
         ``forward`` (true depth regressed on the features: least per-patch error).
     max_spread_um : float or None
-        With test-time augmentation: patches whose 8 views disagree by more than this
+        With test-time augmentation: patches whose views disagree by more than this
         (:func:`depth_spread`, SD of the views' depths in um) are left out of depth
         maps. Set by :func:`fit_calibration` to a quantile of the calibration patches'
         spread; None (no such rejection) without TTA and in older files.
@@ -397,7 +397,7 @@ def depth_map(psf_map: Any, calibration: DepthCalibration) -> np.ndarray:
 def depth_spread(psf_map: Any, calibration: DepthCalibration) -> np.ndarray | None:
     """Disagreement of the test-time-augmentation views: SD of their depths (um).
 
-    Each of the 8 rotated/transposed views of a patch (``PSFMap.view_params``) gives
+    Each rotated/transposed view of a patch (``PSFMap.view_params``: 8, 4 or 2) gives
     its own depth through the calibration; their standard deviation says how far
     the patch's depth can be trusted. On the depth benchmark
     (``benchmarks/depth_table6.py --model zernike3-lens --tta``) the errors come from
