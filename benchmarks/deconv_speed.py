@@ -22,13 +22,7 @@ import torch
 
 
 def _median_time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    return _median_times([fn], repeats)[0]
 
 
 def _median_times(fns, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]

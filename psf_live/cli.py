@@ -314,6 +314,8 @@ def calibrate_depth(
         raise fail(f"--axis must be x or y, got {axis!r}")
     if tta and tta_views not in (2, 4, 8):
         raise fail(f"--tta-views must be 2, 4 or 8, got {tta_views}")
+    if not 0.0 < spread_quantile <= 1.0:
+        raise fail(f"--spread-quantile must be in (0, 1], got {spread_quantile}")
     if bool(images) == bool(config):
         raise fail("give calibration images or --config (not both, not neither)")
     frames: list[Any] = []

@@ -202,12 +202,11 @@ def frame_depth(
     m = mapper.map(frame)
     grid = depth_map(m, calibration)
     n_valid = int(np.asarray(m.valid).sum())
-    n_spread = n_valid - int(np.isfinite(grid).sum())
-    n_cleaned = 0
+    n_kept = int(np.isfinite(grid).sum())
+    n_spread, n_cleaned = n_valid - n_kept, 0
     if clean:
-        before = int(np.isfinite(grid).sum())
         grid = clean_depth(grid, m.centers_y, m.centers_x)
-        n_cleaned = before - int(np.isfinite(grid).sum())
+        n_cleaned = n_kept - int(np.isfinite(grid).sum())
     plane = None
     if int(np.isfinite(grid).sum()) >= 3:
         plane = fit_depth_plane(

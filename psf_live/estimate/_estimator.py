@@ -123,7 +123,7 @@ class Estimator:
         import torch
 
         from psf_live.models import get_codec
-        from psf_live.nets import normalize_patches
+        from psf_live.nets import TTA_VIEWS, normalize_patches
 
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {_PRECISIONS}, got {precision!r}")
@@ -137,8 +137,8 @@ class Estimator:
         self.card = card
         self.meta = _card_meta(card)
         views = (8 if tta else 1) if isinstance(tta, bool) else int(tta)
-        if views not in (1, 2, 4, 8):
-            raise ValueError(f"tta must be a bool or 1, 2, 4 or 8 views, got {tta!r}")
+        if views not in TTA_VIEWS:
+            raise ValueError(f"tta must be a bool or one of {TTA_VIEWS} views, got {tta!r}")
         self.tta_views = views
         self.tta = views > 1
         self.meta["tta"] = self.tta

@@ -48,7 +48,7 @@ def load_image(path: str | Path) -> np.ndarray:
 def maps_to_npz(maps: list[PSFMap], stack: bool) -> dict[str, Any]:
     """Arrays for ``numpy.savez``: params (rows, cols, N) or (T, rows, cols, N), etc.
 
-    Maps made with test-time augmentation add ``view_params`` ([T,] rows, cols, 8, N).
+    Maps made with test-time augmentation add ``view_params`` ([T,] rows, cols, V, N).
     """
     first = maps[0].to_npz_dict()
     if not stack:

@@ -100,7 +100,7 @@ class PSFMap:
     def to_npz_dict(self) -> dict[str, np.ndarray]:
         """Arrays for ``numpy.savez``: params, names, units, valid, valid_prob, centres.
 
-        With test-time augmentation also ``view_params`` (rows, cols, 8, N).
+        With test-time augmentation also ``view_params`` (rows, cols, V, N).
         """
         out = {
             "params": self.params,

@@ -238,7 +238,7 @@ class OverlapAdd:
         self._spectra_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._wy, self._wx = wy_t, wx_t
         self._frame_m: torch.Tensor | None = None
-        self._buffers: dict[tuple[int, ...], torch.Tensor] = {}
+        self._buffers: dict[tuple[str | int, ...], torch.Tensor] = {}
         n = R * C
         window_points = 2 * n * self._fh * self._fw
         frame_points = (n + 1) * next_fast_len(H + r) * next_fast_len(W + r)
@@ -255,16 +255,20 @@ class OverlapAdd:
             )
         return self._M
 
+    def _check(self, x: torch.Tensor, margin: int = 0) -> None:
+        """Refuse an input that is not the operator's shape less ``margin`` per side."""
+        H, W = self.shape
+        want = (H - 2 * margin, W - 2 * margin)
+        if tuple(x.shape) != want:
+            raise ValueError(f"expected an image of shape {want}, got {tuple(x.shape)}")
+
     def _pad(self, x: torch.Tensor, margin: int = 0) -> torch.Tensor:
         """Zero-pad ``x`` into the working frame.
 
         ``x`` may be smaller than the operator's shape by ``margin`` on every side;
         it is then placed inside with zeros around (one copy instead of two pads).
         """
-        H, W = self.shape
-        want = (H - 2 * margin, W - 2 * margin)
-        if tuple(x.shape) != want:
-            raise ValueError(f"expected an image of shape {want}, got {tuple(x.shape)}")
+        self._check(x, margin)
         m = margin
         return torch.nn.functional.pad(
             x.to(self.device, torch.float32),
@@ -293,7 +297,7 @@ class OverlapAdd:
             boxes = self._boxes[lo:hi]
             # windows written (masked) straight into a zero-padded FFT buffer
             # reused across calls: no stack, no pad copy, no fresh pages
-            buf = self._buffer((hi - lo, self._fh, self._fw))
+            buf = self._buffer("windows", (hi - lo, self._fh, self._fw))
             for j, b in enumerate(boxes):
                 if adjoint:
                     buf[j, :wh, :ww].copy_(img[b])
@@ -310,13 +314,13 @@ class OverlapAdd:
                     acc[b] += o
         return acc[self._pad_y : self._pad_y + H, self._pad_x : self._pad_x + W]
 
-    def _buffer(self, shape: tuple[int, int, int]) -> torch.Tensor:
-        """Zeroed float32 FFT input buffer, reused across calls (one per thread).
+    def _buffer(self, use: str, shape: tuple[int, int, int]) -> torch.Tensor:
+        """Zeroed float32 FFT input buffer, reused across calls (one per use and thread).
 
-        Callers write only the same leading block of it every time, so the zero
+        Each ``use`` writes only the same leading block of it every time, so the zero
         padding around that block is never touched.
         """
-        key = (*shape, threading.get_ident())
+        key = (use, *shape, threading.get_ident())
         buf = self._buffers.get(key)
         if buf is None:
             if len(self._buffers) >= 8:
@@ -357,7 +361,7 @@ class OverlapAdd:
         size = self._frame_size(crop)
         K, _ = self._spectra(size)
         masks = self._frame_masks()
-        buf = self._buffer((masks.shape[0], *size))
+        buf = self._buffer("frame", (masks.shape[0], *size))
         torch.mul(masks, x.to(self.device, torch.float32), out=buf[:, :H, :W])
         X = torch.fft.rfft2(buf)
         S = (X.mul_(K)).sum(0)
@@ -386,8 +390,7 @@ class OverlapAdd:
         problems of TV-RL need it; the whole-frame method then uses shorter FFTs.
         """
         H, W = self.shape
-        if tuple(x.shape) != (H, W):
-            raise ValueError(f"expected an image of shape {(H, W)}, got {tuple(x.shape)}")
+        self._check(x)
         if not 0 <= 2 * crop < min(H, W):
             raise ValueError(f"crop must leave part of the {H}x{W} frame, got {crop}")
         if self.method == "frame":
@@ -403,10 +406,7 @@ class OverlapAdd:
         outside: the field-extended problems of TV-RL pass the data this way.
         """
         if self.method == "frame":
-            H, W = self.shape
-            want = (H - 2 * margin, W - 2 * margin)
-            if tuple(r.shape) != want:
-                raise ValueError(f"expected an image of shape {want}, got {tuple(r.shape)}")
+            self._check(r, margin)
             return self._adjoint_frame(r, margin)
         return self._apply(r, adjoint=True, margin=margin)
 
