@@ -11,6 +11,7 @@ import pytest
 from psf_live.depth import (
     CalibrationError,
     DepthCalibration,
+    dead_zone,
     depth_features,
     depth_full,
     depth_map,
@@ -148,6 +149,45 @@ def test_cubic_helps_a_nonlinear_response():
     lin = fit_calibration(maps, [3, 6, 10], features="signed", fit="forward")
     cub = fit_calibration(maps, [3, 6, 10], features="signed-cubic", fit="forward")
     assert cub.report["rms_um"] < 0.5 * lin.report["rms_um"]
+
+
+def test_dead_zone_shrinks_towards_zero():
+    m = np.array([-0.5, -0.1, -0.05, 0.0, 0.04, 0.1, 0.7])
+    np.testing.assert_allclose(dead_zone(m, 0.1), [-0.4, 0.0, 0.0, 0.0, 0.0, 0.0, 0.6])
+    np.testing.assert_array_equal(dead_zone(m, 0.0), m)
+
+
+def test_dead_zone_undoes_a_biased_focus():
+    """A focus output biased upwards near focus (it cannot go below zero) makes the
+    signed metric jump across focus; the fitted dead zone finds the bias and removes
+    most of the error, and an unbiased map gets (almost) no dead zone."""
+    bias = 0.08
+    maps = _maps([3, 6, 10], np.random.default_rng(11), focus_noise=0.004)
+    for m in maps:
+        m.params[..., 0] += bias
+    plain = fit_calibration(maps, [3, 6, 10], deadzone=0.0)
+    auto = fit_calibration(maps, [3, 6, 10])
+    assert plain.deadzone == 0.0
+    assert auto.deadzone == pytest.approx(bias, abs=0.015)
+    assert auto.report["mae_um"] < 0.4 * plain.report["mae_um"]
+    test = _maps([8], np.random.default_rng(12), focus_noise=0.004)[0]
+    test.params[..., 0] += bias
+    truth = true_depth_grid(CY, CX, 8, "x", PX, SHAPE)
+    err_auto = np.nanmean(np.abs(depth_map(test, auto) - truth))
+    err_plain = np.nanmean(np.abs(depth_map(test, plain) - truth))
+    assert err_auto < 0.5 * err_plain
+    clean = fit_calibration(
+        _maps([3, 6, 10], np.random.default_rng(13), focus_noise=0.004), [3, 6, 10]
+    )
+    assert clean.deadzone < 0.01
+    with pytest.raises(CalibrationError, match="deadzone"):
+        fit_calibration(maps, [3, 6, 10], deadzone=-1.0)
+    # the width is saved; files from before it existed read as no dead zone
+    assert DepthCalibration.from_dict(auto.to_dict()).deadzone == auto.deadzone
+    old = {k: v for k, v in auto.to_dict().items() if k != "deadzone"}
+    assert DepthCalibration.from_dict(old).deadzone == 0.0
+    with pytest.raises(ValueError, match="deadzone"):
+        DepthCalibration.from_dict({**auto.to_dict(), "deadzone": -0.1})
 
 
 def test_json_round_trip(tmp_path):

@@ -14,7 +14,14 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from ._metric import DEFAULT_LENS_AXIS, FEATURE_SETS, depth_features
+from ._metric import (
+    DEFAULT_LENS_AXIS,
+    FEATURE_SETS,
+    base_metric,
+    dead_zone,
+    depth_features,
+    design_matrix,
+)
 
 __all__ = [
     "CalibrationError",
@@ -232,6 +239,9 @@ class DepthCalibration:
         (:func:`depth_spread`, SD of the views' depths in um) are left out of depth
         maps. Set by :func:`fit_calibration` to a quantile of the calibration patches'
         spread; None (no such rejection) without TTA and in older files.
+    deadzone : float
+        Width of the :func:`~psf_live.depth.dead_zone` applied to the base metric
+        before the model (its unit; 0, no dead zone, in older files).
     """
 
     features: str
@@ -248,6 +258,7 @@ class DepthCalibration:
     tilts_deg: list[float] = field(default_factory=list)
     fit: str = "inverse"
     max_spread_um: float | None = None
+    deadzone: float = 0.0
     version: int = CALIBRATION_VERSION
     source: str = field(default="", compare=False)
     """File the calibration was read from (not saved; used in error messages)."""
@@ -289,7 +300,9 @@ class DepthCalibration:
 
     def predict(self, params: npt.ArrayLike, names: Sequence[str] | None = None) -> np.ndarray:
         """Depth (um, float32) of (..., N) parameters, no validity handling."""
-        x = depth_features(params, names or self.param_names, self.features, self.lens_axis)
+        x = depth_features(
+            params, names or self.param_names, self.features, self.lens_axis, self.deadzone
+        )
         return (x @ np.asarray(self.coef, dtype=np.float64)).astype(np.float32)
 
     def depth_um(self, psf_map: Any) -> np.ndarray:
@@ -316,6 +329,8 @@ class DepthCalibration:
         n = 3 if cal.features.endswith("-cubic") else 2
         if len(cal.coef) != n or not all(math.isfinite(float(c)) for c in cal.coef):
             raise ValueError(f"expected {n} finite coefficients, got {cal.coef}")
+        if not (math.isfinite(float(cal.deadzone)) and float(cal.deadzone) >= 0):
+            raise ValueError(f"deadzone must be a finite width >= 0, got {cal.deadzone}")
         return cal
 
     def save(self, path: str | Path) -> Path:
@@ -649,6 +664,7 @@ def fit_calibration(
     min_r2: float = MIN_R2,
     fit: str = "forward",
     spread_quantile: float | None = SPREAD_QUANTILE,
+    deadzone: float | Literal["auto"] = "auto",
 ) -> DepthCalibration:
     """Fit a depth calibration on PSF maps of a tilted grid of known geometry.
 
@@ -690,6 +706,11 @@ def fit_calibration(
         depth maps keep about this share of the valid patches, those whose views agree
         best (0.9 by default; None or 1 keeps every patch). The coefficients are then
         fitted again on those patches only (the report describes that fit).
+    deadzone : float or "auto"
+        Width of the :func:`~psf_live.depth.dead_zone` taken off the base metric
+        (its unit). ``"auto"`` (default) tries no dead zone and the 1st to 30th
+        percentiles of ``|metric|`` over the calibration patches and keeps the width
+        with the least mean absolute depth error; 0 switches it off.
 
     Returns
     -------
@@ -734,34 +755,40 @@ def fit_calibration(
                 f"image {i} (tilt {t} deg): valid patches span {float(tv.max() - tv.min()):.2f} um"
                 f" of depth (< {MIN_RANGE_UM} um): no depth range to calibrate on"
             )
-        xs.append(depth_features(params[valid], names, features, lens_axis))
+        xs.append(base_metric(params[valid], names, features, lens_axis))
         ys.append(tv)
         idx.append(np.full(tv.size, i))
     assert meta0 is not None
-    X = np.concatenate(xs)
+    base = np.concatenate(xs)
     y = np.concatenate(ys)
     ii = np.concatenate(idx)
     if fit not in ("inverse", "forward"):
         raise CalibrationError(f"unknown fit {fit!r} (inverse or forward)")
-    if fit == "inverse":
-        if X.shape[1] != 2:
-            raise CalibrationError(f"the inverse fit needs a linear model, not {features}")
-        ab, w = robust_lstsq(np.stack([np.ones_like(y), y], axis=1), X[:, 1])
-        if abs(ab[1]) < 1e-12:
-            raise CalibrationError("the depth metric does not change with depth (slope 0)")
-        coef = np.array([-ab[0] / ab[1], 1.0 / ab[1]])
+    if fit == "inverse" and features.endswith("-cubic"):
+        raise CalibrationError(f"the inverse fit needs a linear model, not {features}")
+    if deadzone == "auto":
+        widths = [0.0, *np.quantile(np.abs(base), np.linspace(0.01, 0.30, 30)).tolist()]
+    elif isinstance(deadzone, (int, float)) and math.isfinite(deadzone) and deadzone >= 0:
+        widths = [float(deadzone)]
     else:
-        coef, w = robust_lstsq(X, y)
-    base = X[:, 1]
+        raise CalibrationError(f"deadzone must be 'auto' or a width >= 0, got {deadzone!r}")
     lo, hi = float(base.min()), float(base.max())
-    if X.shape[1] == 3:
-        grid = np.linspace(lo, hi, 201)
-        deriv = coef[1] + 3.0 * coef[2] * grid**2
-        if not (np.all(deriv > 0) or np.all(deriv < 0)):
-            raise CalibrationError(
-                f"the {features} curve is not monotone over the calibrated range; use a "
-                "linear model (eq14 or signed)"
-            )
+    best: tuple[float, float, np.ndarray, np.ndarray] | None = None  # (mae, width, coef, w)
+    problem = ""
+    for width in widths:
+        X = design_matrix(dead_zone(base, width), features)
+        try:
+            coef, w = _fit_coef(X, y, fit, features)
+        except CalibrationError as e:
+            problem = str(e)
+            continue
+        mae = float(np.mean(np.abs(y - X @ coef)))
+        if best is None or mae < best[0]:
+            best = (mae, width, coef, w)
+    if best is None:
+        raise CalibrationError(problem)
+    _, width, coef, w = best
+    X = design_matrix(dead_zone(base, width), features)
     pred = X @ coef
     inl = w >= 0.5
     images = []
@@ -814,6 +841,7 @@ def fit_calibration(
         report=report.to_dict(),
         tilts_deg=[float(t) for t in tilts_deg],
         fit=fit,
+        deadzone=float(width),
     )
     if spread_quantile is None or spread_quantile >= 1.0:
         return cal
@@ -841,11 +869,37 @@ def fit_calibration(
             min_r2=min_r2,
             fit=fit,
             spread_quantile=None,
+            deadzone=deadzone,
         )
     except CalibrationError:
         refit = cal
     refit.max_spread_um = _spread_limit([depth_spread(m, refit) for m in maps], spread_quantile)
     return refit
+
+
+def _fit_coef(
+    X: np.ndarray, y: np.ndarray, fit: str, features: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Robust coefficients of ``depth = X coef`` (forward or inverted) and their weights.
+
+    Raises :class:`CalibrationError` for a metric without slope or a cubic curve that
+    is not monotone over the metric's range.
+    """
+    if fit == "inverse":
+        ab, w = robust_lstsq(np.stack([np.ones_like(y), y], axis=1), X[:, 1])
+        if abs(ab[1]) < 1e-12:
+            raise CalibrationError("the depth metric does not change with depth (slope 0)")
+        return np.array([-ab[0] / ab[1], 1.0 / ab[1]]), w
+    coef, w = robust_lstsq(X, y)
+    if X.shape[1] == 3:
+        grid = np.linspace(float(X[:, 1].min()), float(X[:, 1].max()), 201)
+        deriv = coef[1] + 3.0 * coef[2] * grid**2
+        if not (np.all(deriv > 0) or np.all(deriv < 0)):
+            raise CalibrationError(
+                f"the {features} curve is not monotone over the calibrated range; use a "
+                "linear model (eq14 or signed)"
+            )
+    return coef, w
 
 
 def _spread_limit(spreads: Sequence[np.ndarray | None], quantile: float) -> float:

@@ -11,8 +11,11 @@ import numpy.typing as npt
 __all__ = [
     "DEFAULT_LENS_AXIS",
     "FEATURE_SETS",
+    "base_metric",
+    "dead_zone",
     "depth_features",
     "depth_metric",
+    "design_matrix",
     "signed_focus",
 ]
 
@@ -103,11 +106,56 @@ def signed_focus(
     return (f * np.cos(2.0 * (a - lens_axis))).astype(np.float32)
 
 
+def dead_zone(metric: npt.ArrayLike, width: float) -> np.ndarray:
+    """Shrink a signed metric towards zero: ``sign(m) max(|m| - width, 0)``.
+
+    A network's focus output is non-negative, so near the focal plane it regresses to
+    a positive mean (its error cannot go below zero), and the signed metric jumps from
+    about ``-b`` to ``+b`` across focus instead of passing through zero. The dead zone
+    undoes that jump; the calibration fits its width (:func:`fit_calibration`).
+
+    Parameters
+    ----------
+    metric : array_like
+        Signed depth metric (:func:`signed_focus` or :func:`depth_metric`).
+    width : float
+        Half-width of the dead zone, in the metric's unit (>= 0; 0 changes nothing).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, same shape.
+    """
+    m = np.asarray(metric, dtype=np.float64)
+    if not width > 0:
+        return m
+    return np.sign(m) * np.maximum(np.abs(m) - float(width), 0.0)
+
+
+def base_metric(
+    params: npt.ArrayLike,
+    names: Sequence[str],
+    features: str = "eq14",
+    lens_axis: float = DEFAULT_LENS_AXIS,
+) -> np.ndarray:
+    """Return the signed metric a calibration model is built on (before any dead zone).
+
+    :func:`depth_metric` (Eq. 14) for the ``eq14`` sets, :func:`signed_focus` for the
+    ``signed`` sets; float64.
+    """
+    if features not in FEATURE_SETS:
+        raise ValueError(f"unknown depth features {features!r}; known: {', '.join(FEATURE_SETS)}")
+    if features.startswith("eq14"):
+        return depth_metric(params, names).astype(np.float64)
+    return signed_focus(params, names, lens_axis).astype(np.float64)
+
+
 def depth_features(
     params: npt.ArrayLike,
     names: Sequence[str],
     features: str = "eq14",
     lens_axis: float = DEFAULT_LENS_AXIS,
+    deadzone: float = 0.0,
 ) -> np.ndarray:
     """Design matrix of a calibration model (see :data:`FEATURE_SETS`).
 
@@ -121,18 +169,26 @@ def depth_features(
         A key of :data:`FEATURE_SETS`.
     lens_axis : float
         Axis of the cylindrical lens (radians), for the ``signed`` sets.
+    deadzone : float
+        Width of the :func:`dead_zone` applied to the base metric first (0: none).
 
     Returns
     -------
     numpy.ndarray
-        (..., K) float64, first column the intercept (ones), second the base metric.
+        (..., K) float64, first column the intercept (ones), second the base metric
+        (after the dead zone).
     """
-    if features not in FEATURE_SETS:
-        raise ValueError(f"unknown depth features {features!r}; known: {', '.join(FEATURE_SETS)}")
-    if features.startswith("eq14"):
-        m = depth_metric(params, names).astype(np.float64)
-    else:
-        m = signed_focus(params, names, lens_axis).astype(np.float64)
+    m = dead_zone(base_metric(params, names, features, lens_axis), deadzone)
+    return design_matrix(m, features)
+
+
+def design_matrix(metric: npt.ArrayLike, features: str) -> np.ndarray:
+    """Columns of a calibration model from its (dead-zoned) base metric.
+
+    ``[1, m]`` for the linear sets, ``[1, m, m^3]`` for the ``-cubic`` ones; (..., K)
+    float64.
+    """
+    m = np.asarray(metric, dtype=np.float64)
     cols = [np.ones_like(m), m]
     if features.endswith("-cubic"):
         cols.append(m**3)
