@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
@@ -286,6 +286,12 @@ def calibrate_depth(
         help="With --tta: depth maps keep the patches whose views agree as well as this "
         "share of the calibration patches did (1 keeps all).",
     ),
+    deadzone: str = typer.Option(
+        "auto",
+        "--deadzone",
+        help="Width taken off the signed metric near focus, where a network's focus "
+        "output cannot go below zero: auto (fitted, default), 0 (none) or a width.",
+    ),
     config: str = typer.Option(
         None, "--config", "-c", help="Acquire live from this scope (.cfg; 'sim' = simulator)."
     ),
@@ -316,6 +322,14 @@ def calibrate_depth(
         raise fail(f"--tta-views must be 2, 4 or 8, got {tta_views}")
     if not 0.0 < spread_quantile <= 1.0:
         raise fail(f"--spread-quantile must be in (0, 1], got {spread_quantile}")
+    dz: float | Literal["auto"] = "auto"
+    if deadzone != "auto":
+        try:
+            dz = float(deadzone)
+        except ValueError:
+            dz = math.nan
+        if not (math.isfinite(dz) and dz >= 0):
+            raise fail(f"--deadzone must be auto or a width >= 0, got {deadzone!r}")
     if bool(images) == bool(config):
         raise fail("give calibration images or --config (not both, not neither)")
     frames: list[Any] = []
@@ -359,6 +373,7 @@ def calibrate_depth(
             min_r2=min_r2,
             fit=fit,
             spread_quantile=spread_quantile,
+            deadzone=dz,
         )
     except CalibrationError as exc:
         raise fail(f"calibration refused: {exc}") from None
@@ -371,7 +386,8 @@ def calibrate_depth(
     r = cal.report
     cal.save(output)
     typer.echo(
-        f"calibration ({cal.features}, {cal.fit} fit, network {cal.network['name']!r}): "
+        f"calibration ({cal.features}, {cal.fit} fit, dead zone {cal.deadzone:.3g}, "
+        f"network {cal.network['name']!r}): "
         f"R^2 {r['r2']:.4f} "
         f"(inliers {r['r2_inliers']:.4f}), residual {r['rms_um']:.2f} um RMS, "
         f"{r['n_outliers']}/{r['n_patches']} outliers -> {output}"

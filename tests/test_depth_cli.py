@@ -85,6 +85,12 @@ def test_calibrate_then_depth(tmp_path: Path, fake: TiltMapper) -> None:
     cal = json.loads(out.read_text())
     assert cal["network"]["sha256"] == META["sha256"] and cal["tilt_axis"] == "x"
     assert cal["tilts_deg"] == [3, 6, 10, -5, -5]
+    assert "dead zone" in r.output and cal["deadzone"] >= 0
+    fixed = tmp_path / "c0.json"
+    args = ["calibrate-depth", *imgs, "-t", "3,6,10,-5", "--deadzone", "0.05", "-o", str(fixed)]
+    r = runner.invoke(cli.app, args)
+    assert r.exit_code == 0, r.output
+    assert json.loads(fixed.read_text())["deadzone"] == 0.05
 
     img = _write(tmp_path, "x.tif", _frame(8))
     r = runner.invoke(
@@ -175,6 +181,8 @@ def test_calibration_refused_and_bad_input(tmp_path: Path, fake: TiltMapper) -> 
         (["calibrate-depth", str(tmp_path / "no.tif"), "-t", "3", "-o", "c.json"], "no such"),
         (["calibrate-depth", "--tilt-deg", "3", "-o", "c.json"], "give calibration images"),
         (["calibrate-depth", a, "-t", "3", "--axis", "z", "-o", "c.json"], "--axis"),
+        (["calibrate-depth", a, "-t", "3", "--deadzone", "-1", "-o", "c.json"], "--deadzone"),
+        (["calibrate-depth", a, "-t", "3", "--deadzone", "wide", "-o", "c.json"], "--deadzone"),
         (
             ["depth", a, "-c", str(tmp_path / "none.json"), "-o", "d.tif"],
             "none.json: no such calibration file",

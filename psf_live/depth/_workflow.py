@@ -95,6 +95,7 @@ def calibrate_frames(
     fit: str = "forward",
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
     spread_quantile: float | None = SPREAD_QUANTILE,
+    deadzone: float | Literal["auto"] = "auto",
 ) -> DepthCalibration:
     """Map every calibration frame and fit a :class:`DepthCalibration` on the maps.
 
@@ -106,7 +107,7 @@ def calibrate_frames(
         2D frames of a tilted grid, in-focus line through the centre of the field.
     tilts_deg : sequence of float
         Tilt of each frame.
-    axis, pixel_size_um, features, lens_axis, min_r2, fit, spread_quantile
+    axis, pixel_size_um, features, lens_axis, min_r2, fit, spread_quantile, deadzone
         See :func:`~psf_live.depth.fit_calibration`.
     progress : callable, optional
         Wraps the frame iterable (e.g. ``tqdm``).
@@ -127,6 +128,7 @@ def calibrate_frames(
         min_r2=min_r2,
         fit=fit,
         spread_quantile=spread_quantile,
+        deadzone=deadzone,
     )
 
 
