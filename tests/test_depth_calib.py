@@ -190,6 +190,17 @@ def test_dead_zone_undoes_a_biased_focus():
         DepthCalibration.from_dict({**auto.to_dict(), "deadzone": -0.1})
 
 
+def test_lens_axis_must_match_the_network():
+    """A network trained for one lens axis (its card's axis interval) refuses another."""
+    card = {"name": "lens45", "data_recipe": {"param_ranges": {"axis": [0.70, 0.87]}}}
+    maps = _maps([3, 6, 10], np.random.default_rng(14), focus_noise=0.004, meta=card)
+    assert fit_calibration(maps, [3, 6, 10], lens_axis=math.pi / 4).network["name"] == "lens45"
+    # its mirror image (135 deg) is the same lens turned: allowed
+    fit_calibration(maps, [3, 6, 10], lens_axis=3 * math.pi / 4)
+    with pytest.raises(CalibrationError, match="trained for a cylindrical lens at 40-50 deg"):
+        fit_calibration(maps, [3, 6, 10], lens_axis=0.0)
+
+
 def test_json_round_trip(tmp_path):
     meta = {
         "name": "zernike3",

@@ -759,6 +759,7 @@ def fit_calibration(
         ys.append(tv)
         idx.append(np.full(tv.size, i))
     assert meta0 is not None
+    _check_lens_axis(meta0, lens_axis)
     base = np.concatenate(xs)
     y = np.concatenate(ys)
     ii = np.concatenate(idx)
@@ -875,6 +876,32 @@ def fit_calibration(
         refit = cal
     refit.max_spread_um = _spread_limit([depth_spread(m, refit) for m in maps], spread_quantile)
     return refit
+
+
+def _check_lens_axis(meta: dict[str, Any], lens_axis: float, tol: float = 0.02) -> None:
+    """Refuse a lens axis the network never saw (its card's ``axis`` draw interval).
+
+    A network trained with a narrowed axis interval (one cylindrical lens) also saw
+    that interval's mirror images and quarter turns (the data's flips and transposes:
+    ``a -> +-a + k pi/2``, mod pi); the lens axis, or one of those images of it, must
+    fall inside the interval (``tol`` radians of slack).
+    """
+    recipe = meta.get("data_recipe") or {}
+    rng = (recipe.get("param_ranges") or {}).get("axis") if isinstance(recipe, dict) else None
+    if not rng:
+        return
+    lo, hi = float(rng[0]), float(rng[1])
+    for sign in (1.0, -1.0):
+        for k in range(4):
+            a = (sign * lens_axis + k * math.pi / 2) % math.pi
+            if lo - tol <= a <= hi + tol:
+                return
+    raise CalibrationError(
+        f"network {meta.get('name', '?')!r} was trained for a cylindrical lens at "
+        f"{math.degrees(lo):.0f}-{math.degrees(hi):.0f} deg (and its mirror images), not "
+        f"at {math.degrees(lens_axis):.0f} deg: set the lens axis, or use a network "
+        "trained for this lens"
+    )
 
 
 def _fit_coef(
