@@ -285,6 +285,11 @@ def main() -> int:
         action="store_true",
         help="drop patches that disagree with their neighbours (clean_depth)",
     )
+    ap.add_argument(
+        "--deadzone",
+        default="auto",
+        help="dead zone of the calibration: auto (fitted, the default) or a width (0: none)",
+    )
     ap.add_argument("--per-tilt", type=int, default=10, help="images per calibration tilt")
     ap.add_argument("--n-cal", type=int, default=4, help="of which used for calibration")
     ap.add_argument("--per-extra", type=int, default=3, help="images per extra tilt")
@@ -298,6 +303,7 @@ def main() -> int:
     ap.add_argument("--cache", default="", help="folder to keep/reuse the rendered frames")
     ap.add_argument("--render-only", action="store_true", help="only fill --cache")
     args = ap.parse_args()
+    deadzone: Any = args.deadzone if args.deadzone == "auto" else float(args.deadzone)
 
     tilts_main = [t for t in CAL_TILTS for _ in range(args.per_tilt)]
     tilts_extra = [t for t in EXTRA_TILTS for _ in range(args.per_extra)]
@@ -345,6 +351,7 @@ def main() -> int:
                 min_r2=0.0,
                 fit=fit,
                 spread_quantile=args.spread_quantile,
+                deadzone=deadzone,
             )
         except Exception as exc:  # non-monotone cubic etc.
             print(f"  {f + ' ' + fit:<22}  refused: {exc}")
@@ -358,13 +365,14 @@ def main() -> int:
         tl = np.mean([abs(np.mean(r["tilt_est"]) / t) for t, r in ev.items()])
         print(
             f"  {f + ' ' + fit:<22}  {c.report['r2']:.4f}    {rel:.2f} %   (cleaned: "
-            f"{relc:.2f} %, {cov:.0f} % kept); est./true tilt {tl:.2f}"
+            f"{relc:.2f} %, {cov:.0f} % kept); est./true tilt {tl:.2f}; "
+            f"dead zone {c.deadzone:.3f}"
         )
     cal = cals[f"{args.features} {args.fit}"]
     print(f"\nusing {args.features}, {args.fit} fit: {FEATURE_SETS[args.features]}")
     coefs = ", ".join(f"{c:.4g}" for c in cal.coef)
     print(
-        f"coefficients [{coefs}], calibration R^2 "
+        f"coefficients [{coefs}], dead zone {cal.deadzone:.3f}, calibration R^2 "
         f"{cal.report['r2']:.4f}, residual {cal.report['rms_um']:.2f} um RMS"
     )
     if cal.max_spread_um is not None:
