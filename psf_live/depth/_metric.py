@@ -112,7 +112,8 @@ def dead_zone(metric: npt.ArrayLike, width: float) -> np.ndarray:
     A network's focus output is non-negative, so near the focal plane it regresses to
     a positive mean (its error cannot go below zero), and the signed metric jumps from
     about ``-b`` to ``+b`` across focus instead of passing through zero. The dead zone
-    undoes that jump; the calibration fits its width (:func:`fit_calibration`).
+    undoes that jump; the calibration fits its width
+    (:func:`psf_live.depth.fit_calibration`).
 
     Parameters
     ----------
