@@ -774,7 +774,8 @@ def fit_calibration(
     else:
         raise CalibrationError(f"deadzone must be 'auto' or a width >= 0, got {deadzone!r}")
     lo, hi = float(base.min()), float(base.max())
-    best: tuple[float, float, np.ndarray, np.ndarray] | None = None  # (mae, width, coef, w)
+    # (mae, width, design matrix, coef, weights) of the best width so far
+    best: tuple[float, float, np.ndarray, np.ndarray, np.ndarray] | None = None
     problem = ""
     for width in widths:
         X = design_matrix(dead_zone(base, width), features)
@@ -785,11 +786,10 @@ def fit_calibration(
             continue
         mae = float(np.mean(np.abs(y - X @ coef)))
         if best is None or mae < best[0]:
-            best = (mae, width, coef, w)
+            best = (mae, width, X, coef, w)
     if best is None:
         raise CalibrationError(problem)
-    _, width, coef, w = best
-    X = design_matrix(dead_zone(base, width), features)
+    _, width, X, coef, w = best
     pred = X @ coef
     inl = w >= 0.5
     images = []
