@@ -123,7 +123,7 @@ def demo(
         True,
         "--calibrate/--no-calibrate",
         help="Without --calibration: first calibrate depth on the simulated scope (tilted "
-        "grid at 3/6/10 deg, zernike3-lens), so depth and tilt come in um and degrees.",
+        "grid at 3/6/10 deg, zernike3-lens45), so depth and tilt come in um and degrees.",
     ),
 ) -> None:
     """Run the whole product on the built-in simulated microscope (no hardware needed).

@@ -187,7 +187,7 @@ def test_monitor_and_demo_follow_the_calibration_network(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(
-    "zernike3-lens" not in models.available_models(), reason="zernike3-lens not shipped"
+    "zernike3-lens45" not in models.available_models(), reason="zernike3-lens45 not shipped"
 )
 def test_demo_calibrates_depth_on_the_sim_first(tmp_path: Path) -> None:
     """The first-contact demo shows the third application too: it calibrates depth on the
@@ -205,8 +205,8 @@ def test_demo_calibrates_depth_on_the_sim_first(tmp_path: Path) -> None:
     made = re.search(r"depth: calibrated on the simulated scope .* -> (\S+)", out)
     assert made, out
     cal = json.loads(Path(made.group(1)).read_text())
-    assert cal["network"]["name"] == "zernike3-lens" and len(cal["report"]["images"]) == 6
-    assert "estimator: Estimator(model='zernike3-lens'" in out
+    assert cal["network"]["name"] == "zernike3-lens45" and len(cal["report"]["images"]) == 6
+    assert "estimator: Estimator(model='zernike3-lens45'" in out
     frames = [ln for ln in out.splitlines() if ln.startswith("frame")]
     assert len(frames) == 3 and all(" deg " in ln for ln in frames)
     tilt = re.search(r"tilt \(depth calibration\): x ([-+0-9.]+) deg, y ([-+0-9.]+) deg", out)

@@ -20,8 +20,8 @@ __all__ = [
 
 DEMO_TILTS = (3.0, 6.0, 10.0)
 """Tilts (degrees) of the demo's calibration, those of the paper's Table VI."""
-DEMO_DEPTH_MODEL = "zernike3-lens"
-"""The shipped zernike3 trained for the simulator's cylindrical lens (the demo's depth)."""
+DEMO_DEPTH_MODEL = "zernike3-lens45"
+"""The shipped zernike3 trained for the simulator's cylindrical lens (0.25 waves at 45 deg)."""
 
 
 def is_sim_with_tilt(core: Any) -> bool:
