@@ -530,6 +530,13 @@ def deconvolve(
     stride: int = typer.Option(64, "--stride", "-s", min=1, help="Patch stride in pixels."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output."),
     tta: bool = _TTA_OPTION,
+    shrink: str = typer.Option(
+        "auto",
+        "--shrink",
+        help="Lower each patch's PSF size by this many SDs of its TTA views before "
+        "deconvolving (a too-large defocus kernel rings, a too-small one only deblurs less); "
+        "auto: 1.5 for Zernike maps made with --tta, else 0.",
+    ),
 ) -> None:
     """Deblur an image (or stack) with its PSF map by spatially-variant TV-RL and save it."""
     from psf_live.store import deblur_file
@@ -545,6 +552,7 @@ def deconvolve(
             stride=stride,
             overwrite=overwrite,
             tta=tta,
+            shrink=shrink,
         )
     except ValueError as exc:
         msg = str(exc)
@@ -553,9 +561,11 @@ def deconvolve(
         ) from None
     except Exception as exc:
         raise fail(f"{image}: {type(exc).__name__}: {exc}") from None
+    k = float(res["settings"].get("shrink_applied", 0.0))
     typer.echo(
         f"{image}: {res['frames']} frame(s) deconvolved with a {res['grid'][0]}x{res['grid'][1]} "
-        f"{res['psf_model']} map -> {res['output']}"
+        f"{res['psf_model']} map{f' (PSF size lowered by {k:g} SD of the TTA views)' if k else ''}"
+        f" -> {res['output']}"
     )
 
 

@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from psf_live.cli import app
+from psf_live.deconv import ZERNIKE_SHRINK
 from psf_live.psf import OverlapAdd, get_model, render_psf
 from psf_live.store import load_store, verify_store
 
@@ -123,3 +124,69 @@ def test_deconvolve_blind_with_shipped_model(tmp_path: Path) -> None:
     res = runner.invoke(app, ["deconvolve", str(img), "-o", str(out), "--iterations", "3"])
     assert res.exit_code == 0, res.output
     assert verify_store(out)["frames"] == 1
+
+
+def _zernike_map_with_views(path: Path, focus: np.ndarray, sd: float) -> None:
+    """A zernike1 map of a 96 px image whose 8 TTA views spread by ``sd`` around ``focus``."""
+    offsets = sd * np.array([1, -1] * 4, np.float32)  # mean 0, population SD ``sd``
+    views = (focus[..., None, None] + offsets[:, None]).astype(np.float32)
+    np.savez(
+        path,
+        params=focus[..., None].astype(np.float32),
+        names=np.array(["focus"]),
+        psf_model=np.array("zernike1"),
+        valid=np.ones(focus.shape, bool),
+        centers_y=np.array([24.0, 72.0]),
+        centers_x=np.array([24.0, 72.0]),
+        view_params=views,
+    )
+
+
+def test_deconvolve_shrinks_zernike_maps_by_their_views_spread(tmp_path: Path) -> None:
+    """auto lowers a Zernike map's focus by 1.5 SD of its views: the same result as the
+    lowered map given by hand with --shrink 0; the saved params stay the estimates."""
+    img, _, _ = _make(tmp_path)
+    focus = np.array([[0.3, 0.4], [0.35, 0.5]])
+    mp, lowered = tmp_path / "z.npz", tmp_path / "z_low.npz"
+    _zernike_map_with_views(mp, focus, 0.05)
+    _zernike_map_with_views(lowered, focus - 1.5 * 0.05, 0.05)
+    outs = {}
+    for name, m, extra in (
+        ("auto", mp, []),
+        ("none", mp, ["--shrink", "0"]),
+        ("hand", lowered, ["--shrink", "0"]),
+    ):
+        out = tmp_path / f"{name}.zarr"
+        res = runner.invoke(
+            app, ["deconvolve", str(img), "-o", str(out), "--psf-map", str(m), "-n", "5", *extra]
+        )
+        assert res.exit_code == 0, res.output
+        assert ("lowered by 1.5 SD" in res.output) == (name == "auto"), res.output
+        outs[name] = load_store(out)
+    meta = outs["auto"]["metadata"]["deconvolution"]
+    assert meta["shrink"] == "auto" and meta["shrink_applied"] == ZERNIKE_SHRINK
+    assert outs["none"]["metadata"]["deconvolution"]["shrink_applied"] == 0.0
+    np.testing.assert_allclose(outs["auto"]["params"][0, ..., 0], focus, atol=1e-6)
+    np.testing.assert_allclose(
+        outs["auto"]["deconvolved"], outs["hand"]["deconvolved"], rtol=1e-4, atol=1e-3
+    )
+    assert np.abs(outs["auto"]["deconvolved"] - outs["none"]["deconvolved"]).max() > 1.0
+
+
+@pytest.mark.parametrize("case", ["blind_without_tta", "map_without_views", "word", "negative"])
+def test_deconvolve_shrink_bad_input(tmp_path: Path, case: str) -> None:
+    img, mp, _ = _make(tmp_path)
+    args = ["deconvolve", str(img), "-o", str(tmp_path / "o.zarr")]
+    args += {
+        "blind_without_tta": ["--shrink", "1"],
+        "map_without_views": ["--psf-map", str(mp), "--shrink", "1"],
+        "word": ["--psf-map", str(mp), "--shrink", "lots"],
+        "negative": ["--psf-map", str(mp), "--shrink", "-1"],
+    }[case]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    want = {"blind_without_tta": "--tta", "map_without_views": str(mp)}.get(case, "'auto'")
+    assert want in lines[0]
+    assert not (tmp_path / "o.zarr").exists()

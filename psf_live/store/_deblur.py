@@ -24,7 +24,8 @@ def map_from_npz(path: str | Path, frame_shape: tuple[int, int]) -> list[Any]:
 
     The npz holds ``params`` (rows, cols, N) or (T, rows, cols, N), ``names`` (N),
     ``valid`` (rows, cols) or (T, rows, cols), ``centers_y``, ``centers_x``;
-    optional ``psf_model``. Invalid patches are KNN-filled here.
+    optional ``psf_model`` and ``view_params`` ([T,] rows, cols, V, N: the views of a map
+    made with ``--tta``). Invalid patches are KNN-filled here.
 
     Returns
     -------
@@ -65,6 +66,17 @@ def map_from_npz(path: str | Path, frame_shape: tuple[int, int]) -> list[Any]:
             f"{p}: a {params.shape[1:3]} grid needs {params.shape[1]}x"
             f"{params.shape[2]} centres, got {cy.size}x{cx.size}"
         )
+    views = None
+    if "view_params" in z:
+        views = np.asarray(z["view_params"], np.float32)
+        if views.ndim == 4:
+            views = views[None]
+        if views.ndim != 5 or views.shape[:3] != params.shape[:3] or views.shape[4] != len(names):
+            raise ValueError(
+                f"{p}: view_params of shape {views.shape} do not match params {params.shape}"
+            )
+        if not np.isfinite(views).all():
+            raise ValueError(f"{p}: view_params contain NaN or inf")
     maps = []
     for t in range(params.shape[0]):
         filled = fill_invalid(params[t], valid[t], cy, cx, param_names=names)
@@ -82,10 +94,26 @@ def map_from_npz(path: str | Path, frame_shape: tuple[int, int]) -> list[Any]:
                 patch_size=128,
                 stride=int(np.diff(cy)[0]) if cy.size > 1 else 0,
                 raw_params=params[t],
+                view_params=None if views is None else views[t],
                 filled=True,
             )
         )
     return maps
+
+
+def _shrink_value(shrink: float | str) -> float | None:
+    """``None`` for ``"auto"``, else the factor as a float (checked)."""
+    if isinstance(shrink, str):
+        if shrink.strip().lower() == "auto":
+            return None
+        try:
+            shrink = float(shrink)
+        except ValueError:
+            raise ValueError(f"shrink must be 'auto' or a number >= 0, got {shrink!r}") from None
+    k = float(shrink)
+    if not np.isfinite(k) or k < 0:
+        raise ValueError(f"shrink must be 'auto' or a number >= 0, got {shrink!r}")
+    return k
 
 
 def deblur_file(
@@ -100,6 +128,7 @@ def deblur_file(
     overwrite: bool = False,
     progress: bool = True,
     tta: bool = False,
+    shrink: float | str = "auto",
 ) -> dict[str, Any]:
     """Estimate (or read) the PSF map of every frame, deconvolve it and save the result.
 
@@ -124,6 +153,11 @@ def deblur_file(
         Show a tqdm bar over frames.
     tta : bool
         Map with test-time augmentation (see :class:`psf_live.estimate.Estimator`).
+    shrink : float or "auto"
+        Lower the PSF size parameters by this many SDs of the TTA views before
+        deconvolving (:func:`psf_live.deconv.shrink_uncertain`); ``"auto"``:
+        :func:`psf_live.deconv.default_shrink` (1.5 for Zernike maps with views, else 0).
+        The saved ``params`` are the estimates themselves.
 
     Returns
     -------
@@ -132,7 +166,7 @@ def deblur_file(
     """
     from tqdm import tqdm
 
-    from psf_live.deconv import richardson_lucy_tv
+    from psf_live.deconv import default_shrink, richardson_lucy_tv, shrink_uncertain
     from psf_live.estimate import check_frame
     from psf_live.estimate._io import load_image
 
@@ -142,6 +176,12 @@ def deblur_file(
         raise ValueError(f"{out}: output must end in .zarr, .tif or .tiff")
     if out.exists() and not overwrite:
         raise ValueError(f"{out}: already exists")
+    shrink_k = _shrink_value(shrink)
+    if shrink_k and psf_map is None and not tta:
+        raise ValueError(
+            f"shrink {shrink_k:g} needs the spread of the test-time-augmentation views: "
+            "map with tta (--tta)"
+        )
     data = load_image(image)
     frames = data[None] if data.ndim == 2 else data
     if psf_map is None:  # the estimator needs whole patches; a given map does not
@@ -154,6 +194,11 @@ def deblur_file(
             maps = maps * len(frames)
         if len(maps) != len(frames):
             raise ValueError(f"{psf_map}: {len(maps)} maps for {len(frames)} frames")
+        if shrink_k and maps[0].view_params is None:
+            raise ValueError(
+                f"{psf_map}: shrink {shrink_k:g} needs the views of a map made with "
+                "`psf-live estimate --tta`; this file has none"
+            )
         est = None
         model_meta: dict[str, Any] = {"source": str(psf_map)}
     else:
@@ -162,7 +207,12 @@ def deblur_file(
         est = Estimator.load(model, stride=stride, tta=tta)
         maps = []
         model_meta = dict(getattr(est, "meta", {}) or {})
-    settings = {"iterations": iterations, "lambda_tv": lambda_tv, "method": "TV-RL (Dey 2006)"}
+    settings: dict[str, Any] = {
+        "iterations": iterations,
+        "lambda_tv": lambda_tv,
+        "method": "TV-RL (Dey 2006)",
+        "shrink": "auto" if shrink_k is None else shrink_k,
+    }
     writer = None
     results: list[np.ndarray] = []
     if suffix == ".zarr":
@@ -182,8 +232,13 @@ def deblur_file(
                 maps.append(m)
             if not np.isfinite(frame).all():
                 raise ValueError(f"{image}: frame {t} contains NaN or inf")
+            k = default_shrink(m) if shrink_k is None else shrink_k
+            settings["shrink_applied"] = k
             d = richardson_lucy_tv(
-                frame.astype(np.float32), m, num_iter=iterations, lambda_tv=lambda_tv
+                frame.astype(np.float32),
+                shrink_uncertain(m, k),
+                num_iter=iterations,
+                lambda_tv=lambda_tv,
             )
             d = np.asarray(d, np.float32)
             if writer is not None:
@@ -194,6 +249,7 @@ def deblur_file(
                         centers_y=np.asarray(m.centers_y).tolist(),
                         centers_x=np.asarray(m.centers_x).tolist(),
                         optics=(m.meta or {}).get("optics", {}),
+                        deconvolution=settings,
                     )
                 writer.append(frame, params=m.params, valid=m.valid, deconvolved=d)
             else:
