@@ -4,14 +4,14 @@ A blind estimate is wrong by some amount either way, and the two ways do not cos
 The OTF of a Zernike defocus kernel dips to zero and reverses sign at frequencies that fall
 as the defocus grows (Hopkins' defocused OTF); a kernel that is too large puts those dips
 where the image still has signal and RL turns them into ringing, one that is too small only
-deblurs less. At 0.3 waves
-(TV-RL, 20 iterations, Table V noise) 0.1 wave too much lost 1.2-1.5 dB of a 2-3 dB gain, 0.1
-too little 0.8-1.0 dB; at 0.15 waves 1.6-2.6 dB against 1.0-1.5 dB; at 0.6 waves the two are
-alike. For a Gaussian the asymmetry is the other way round (a width 0.5 px too small costs
-more than 0.5 px too large; no OTF zeros). With test-time augmentation a map carries the
-estimate of every view of a patch (:attr:`psf_live.estimate.PSFMap.view_params`); their
-spread says how unsure the network is, and lowering a Zernike map's size parameters by a
-multiple of it is the cheap Bayes-risk answer to that asymmetry.
+deblurs less. At 0.3 waves (TV-RL, 20 iterations, Table V noise) 0.1 wave too much lost
+1.2-1.5 dB of a 2-3 dB gain, 0.1 too little 0.8-1.0 dB; at 0.15 waves 1.6-2.6 dB against
+1.0-1.5 dB; at 0.6 waves the two are alike. For a Gaussian the asymmetry is the other way
+round (a width 0.5 px too small costs more than 0.5 px too large; no OTF zeros). With
+test-time augmentation a map carries the estimate of every view of a patch
+(:attr:`psf_live.estimate.PSFMap.view_params`); their spread says how unsure the network is,
+and lowering a Zernike map's size parameters by a multiple of it is the cheap Bayes-risk
+answer to that asymmetry.
 """
 
 from __future__ import annotations
