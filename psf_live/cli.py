@@ -309,6 +309,7 @@ def calibrate_depth(
         CalibrationError,
         assign_tilts,
         calibrate_frames,
+        check_lens_axis,
         parse_tilts,
     )
 
@@ -332,6 +333,16 @@ def calibrate_depth(
             raise fail(f"--deadzone must be auto or a width >= 0, got {deadzone!r}")
     if bool(images) == bool(config):
         raise fail("give calibration images or --config (not both, not neither)")
+    # the network first: a bad model name or a lens axis it was not trained for is
+    # refused before a (possibly long, interactive) acquisition
+    try:
+        est = _load_estimator(model, tta=tta_views if tta else False)
+    except Exception as exc:
+        raise fail(f"cannot load model {model or 'zernike3'!r}: {exc}") from None
+    try:
+        check_lens_axis(est.meta, math.radians(lens_axis_deg))
+    except CalibrationError as exc:
+        raise fail(f"calibration refused: {exc}") from None
     frames: list[Any] = []
     frame_tilts: list[float] = []
     if images:
@@ -357,10 +368,6 @@ def calibrate_depth(
             )
         finally:
             core.unloadAllDevices()
-    try:
-        est = _load_estimator(model, tta=tta_views if tta else False)
-    except Exception as exc:
-        raise fail(f"cannot load model {model or 'zernike3'!r}: {exc}") from None
     try:
         cal = calibrate_frames(
             est,

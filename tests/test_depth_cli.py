@@ -285,3 +285,29 @@ def test_live_acquisition_real_scope_prompts(monkeypatch: pytest.MonkeyPatch) ->
     frames, tilts, px = cli._acquire_depth_calibration(Core(), [3.0, 6.0], "y", 3, None)
     assert len(frames) == 6 and px == 0.5 and tilts == [3.0] * 3 + [6.0] * 3
     assert len(prompts) == 2 and "+3 deg along y" in prompts[0] and "+6" in prompts[1]
+
+
+def test_wrong_lens_axis_is_refused_before_acquisition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network trained for a lens at 40-50 deg refuses --lens-axis-deg 0 before the scope
+    is even opened (a live calibration asks the user to tilt a grid several times)."""
+    import psf_live.acquire
+
+    recipe = {"param_ranges": {"axis": [math.radians(40), math.radians(50)]}}
+    m = TiltMapper({**META, "data_recipe": recipe})
+    monkeypatch.setattr(cli, "_load_estimator", lambda model, tta=False: m)
+
+    def no_scope(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the scope was opened")
+
+    monkeypatch.setattr(psf_live.acquire, "open_core", no_scope)
+    monkeypatch.setattr(cli, "_acquire_depth_calibration", no_scope)
+    out = tmp_path / "c.json"
+    args = ["calibrate-depth", "--config", "sim", "-t", "3,6", "-o", str(out)]
+    r = runner.invoke(cli.app, [*args, "--lens-axis-deg", "0"])
+    assert r.exit_code == 1 and "calibration refused" in r.output, r.output
+    assert "trained for a cylindrical lens at 40-50 deg" in r.output and not out.exists()
+    # the axis it was trained for passes the check and reaches the scope (refused there)
+    r = runner.invoke(cli.app, [*args, "--lens-axis-deg", "45"])
+    assert r.exit_code == 1 and "the scope was opened" in r.output, r.output

@@ -759,7 +759,7 @@ def fit_calibration(
         ys.append(tv)
         idx.append(np.full(tv.size, i))
     assert meta0 is not None
-    _check_lens_axis(meta0, lens_axis)
+    check_lens_axis(meta0, lens_axis)
     base = np.concatenate(xs)
     y = np.concatenate(ys)
     ii = np.concatenate(idx)
@@ -878,13 +878,29 @@ def fit_calibration(
     return refit
 
 
-def _check_lens_axis(meta: dict[str, Any], lens_axis: float, tol: float = 0.02) -> None:
+def check_lens_axis(meta: dict[str, Any], lens_axis: float, tol: float = 0.02) -> None:
     """Refuse a lens axis the network never saw (its card's ``axis`` draw interval).
 
     A network trained with a narrowed axis interval (one cylindrical lens) also saw
     that interval's mirror images and quarter turns (the data's flips and transposes:
     ``a -> +-a + k pi/2``, mod pi); the lens axis, or one of those images of it, must
-    fall inside the interval (``tol`` radians of slack).
+    fall inside the interval (``tol`` radians of slack). :func:`fit_calibration` calls
+    it; a caller that acquires the calibration frames calls it first, so that a wrong
+    axis is refused before the acquisition rather than after it.
+
+    Parameters
+    ----------
+    meta : dict
+        The network's card as :class:`psf_live.estimate.Estimator` keeps it (``meta``).
+    lens_axis : float
+        Axis of the cylindrical lens in radians.
+    tol : float
+        Slack in radians.
+
+    Raises
+    ------
+    CalibrationError
+        The axis (and each of its images) lies outside the card's axis interval.
     """
     recipe = meta.get("data_recipe") or {}
     rng = (recipe.get("param_ranges") or {}).get("axis") if isinstance(recipe, dict) else None
