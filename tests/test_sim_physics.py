@@ -113,6 +113,30 @@ def test_depth_map_is_distance_from_centre_line_times_tan(tilt: float) -> None:
     assert full[0, -1] == pytest.approx(0.64 * 511.5 * math.tan(math.radians(10)), rel=1e-5)
 
 
+def test_curved_sample_adds_the_sag_and_renders_through_a_2d_kernel_grid() -> None:
+    """depth = plane + r^2 / (2 R); the 2D-grid renderer reduces to the plane's 1D one as
+    R grows; with R > 0 the edges lie beyond the focal plane and are blurred more."""
+    h, w, R = 60, 90, 1500.0
+    d = depth_map((h, w), 1.0, Scene(tilt_deg=4.0, curvature_radius_um=R), PX)
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    r2 = ((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) * PX**2
+    plane = (xx - (w - 1) / 2) * PX * math.tan(math.radians(4.0)) - 1.0
+    assert np.allclose(d, plane + r2 / (2 * R), atol=1e-4)
+    with pytest.raises(ValueError, match="curvature"):
+        Scene(curvature_radius_um=math.inf)
+    s = grid_sample((256 + 64, 256 + 64), PX, seed=2)
+    flat = render_scene(s, 0.0, Scene(tilt_deg=6.0, cylinder=0.25), margin=32)
+    huge = Scene(tilt_deg=6.0, cylinder=0.25, curvature_radius_um=1e12)
+    near = render_scene(s, 0.0, huge, margin=32)
+    assert float((near.image - flat.image).abs().max()) < 1e-5 * float(flat.image.max())
+    bowl = render_scene(s, 0.0, Scene(curvature_radius_um=300.0), margin=32)
+    assert float(bowl.depth_um[0, 0]) == pytest.approx(2 * (127.5 * PX) ** 2 / 600.0, rel=1e-5)
+    plain = render_scene(s, 0.0, Scene(), margin=32)  # same content, flat and in focus
+    for win, lo, hi in ((np.s_[96:160, 96:160], 0.95, 1.0), (np.s_[:64, :64], 0.0, 0.5)):
+        ratio = _sharpness(bowl.image[win]) / _sharpness(plain.image[win])
+        assert lo <= ratio <= hi + 1e-6, (win, ratio)  # centre in focus, corner 22 um off
+
+
 # -- blur -----------------------------------------------------------------------------
 
 
@@ -188,3 +212,14 @@ def test_camera_clips_to_bit_depth() -> None:
     out = np.empty((32, 32), np.uint16)
     assert FrameNoiser(torch.zeros(32, 32), cam).sample(out=out) is out
     assert abs(float(out.mean()) - cam.offset_adu) < 1.0
+
+
+def test_scope_takes_the_curvature_like_the_tilt() -> None:
+    from psf_live.sim import SimMicroscope, SimSettings
+
+    scope = SimMicroscope(SimSettings(shape=(64, 96)), seed=0)
+    s = scope.update(tilt_deg=3.0, curvature_radius_um=-800.0)
+    assert s.scene.curvature_radius_um == -800.0
+    expect = depth_map((64, 96), 2.0, Scene(tilt_deg=3.0, curvature_radius_um=-800.0), PX)
+    assert np.array_equal(scope.depth_map(2.0), expect)
+    assert scope.depth_map(0.0)[0, 0] < scope.depth_map(0.0)[32, 0]  # R < 0: edges nearer

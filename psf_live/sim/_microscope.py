@@ -121,7 +121,14 @@ class SimMicroscope:
         >>> scope = SimMicroscope()
         >>> s = scope.update(tilt_deg=6.0, cylinder=0.25, sample_seed=3)
         """
-        scene_fields = {"tilt_deg", "tilt_axis", "sample_z_um", "cylinder", "cylinder_axis"}
+        scene_fields = {
+            "tilt_deg",
+            "tilt_axis",
+            "sample_z_um",
+            "cylinder",
+            "cylinder_axis",
+            "curvature_radius_um",
+        }
         scene_changes = {k: changes.pop(k) for k in list(changes) if k in scene_fields}
         with self._lock:
             s = self.settings

@@ -9,6 +9,9 @@ Conventions (used everywhere in psf-live):
   the plane is rotated about the y axis, and a positive tilt puts the +x side
   farther from the objective. ``"y"`` likewise along rows. The in-focus line
   (for ``z_um == sample_z_um``) passes through the centre of the field.
+* ``curvature_radius_um`` bends that plane into a paraboloid (a spherical cap for
+  small sag): ``+ r^2 / (2 R)`` with ``r`` the distance from the centre of the field,
+  so with ``R > 0`` the sample curves away from the objective towards the edges.
 * The local depth is ``sample height - focal plane`` in micrometres, positive
   where the sample lies beyond the focal plane (farther from the objective).
   It becomes the signed Zernike focus ``defocus_um_to_waves(depth)``.
@@ -69,6 +72,10 @@ class Scene:
         Astigmatism added by a cylindrical lens, waves RMS (0: no lens).
     cylinder_axis : float
         Axis of that astigmatism in radians.
+    curvature_radius_um : float
+        Radius of curvature of the sample surface in micrometres (0: a plane). The
+        depth gains ``r^2 / (2 R)`` at distance ``r`` from the centre of the field,
+        and the image is rendered with a 2D grid of kernels.
     """
 
     tilt_deg: float = 0.0
@@ -76,6 +83,7 @@ class Scene:
     sample_z_um: float = 0.0
     cylinder: float = 0.0
     cylinder_axis: float = DEFAULT_CYLINDER_AXIS
+    curvature_radius_um: float = 0.0
 
     def __post_init__(self) -> None:
         if self.tilt_axis not in ("x", "y"):
@@ -84,6 +92,8 @@ class Scene:
             raise ValueError(f"tilt must be within (-80, 80) degrees, got {self.tilt_deg}")
         if self.cylinder < 0:
             raise ValueError(f"cylinder must be >= 0 waves, got {self.cylinder}")
+        if not math.isfinite(self.curvature_radius_um):
+            raise ValueError(f"curvature radius must be finite, got {self.curvature_radius_um}")
 
 
 @dataclass(frozen=True)
@@ -148,14 +158,30 @@ def depth_map(
     Returns
     -------
     numpy.ndarray
-        Float32 array of ``shape``; constant along the axis that is not tilted.
+        Float32 array of ``shape``; constant along the axis that is not tilted
+        unless the sample is curved.
     """
     h, w = int(shape[0]), int(shape[1])
     if scene.tilt_axis == "x":
-        prof = depth_profile(w, z_um, scene, pixel_size_um)
-        return np.broadcast_to(prof[None, :], (h, w)).astype(np.float32)
-    prof = depth_profile(h, z_um, scene, pixel_size_um)
-    return np.broadcast_to(prof[:, None], (h, w)).astype(np.float32)
+        d = np.broadcast_to(depth_profile(w, z_um, scene, pixel_size_um)[None, :], (h, w))
+    else:
+        d = np.broadcast_to(depth_profile(h, z_um, scene, pixel_size_um)[:, None], (h, w))
+    if scene.curvature_radius_um:
+        d = d + _sag(np.arange(h), np.arange(w), (h, w), scene, pixel_size_um)
+    return np.asarray(d, dtype=np.float32)
+
+
+def _sag(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    shape: tuple[int, int],
+    scene: Scene,
+    pixel_size_um: float,
+) -> np.ndarray:
+    """Curvature term ``r^2 / (2 R)`` (um) on the grid ``rows x cols`` of a field ``shape``."""
+    y = (np.asarray(rows, dtype=np.float64) - (shape[0] - 1) / 2.0) * pixel_size_um
+    x = (np.asarray(cols, dtype=np.float64) - (shape[1] - 1) / 2.0) * pixel_size_um
+    return (y[:, None] ** 2 + x[None, :] ** 2) / (2.0 * scene.curvature_radius_um)
 
 
 def kernel_radius_px(max_focus_waves: float, cylinder: float, optics: Optics) -> int:
@@ -221,10 +247,11 @@ def render_scene(
     becomes the signed Zernike focus ``defocus_um_to_waves(depth)`` and, with the
     cylindrical lens, the kernel ``zernike_psf(focus, cylinder, axis)``. Kernels
     are placed every ``grid_step`` pixels along the tilted axis and blended with
-    the bilinear overlap-add operator of Eq. (12). Because the depth varies along
-    one axis only, one kernel per position along that axis is rendered and used
-    for the whole row/column of the grid (a 1 x C grid whose single mask along
-    the other axis is 1: exactly the R x C operator with repeated kernels).
+    the bilinear overlap-add operator of Eq. (12). Because the depth of a plane
+    varies along one axis only, one kernel per position along that axis is rendered
+    and used for the whole row/column of the grid (a 1 x C grid whose single mask
+    along the other axis is 1: exactly the R x C operator with repeated kernels); a
+    curved sample gets the full 2D grid, one kernel per node.
 
     Parameters
     ----------
@@ -270,6 +297,8 @@ def render_scene(
         raise ValueError("grid_step must be >= 1")
     hp, wp = int(x.shape[0]), int(x.shape[1])
     h, w = hp - 2 * margin, wp - 2 * margin
+    if scene.curvature_radius_um:
+        return _render_curved(x, z_um, scene, optics, margin, photons, grid_step, device)
     along_x = scene.tilt_axis == "x"
     n_axis = wp if along_x else hp
     profile = depth_profile(n_axis, z_um, scene, optics.pixel_size_um)
@@ -292,3 +321,39 @@ def render_scene(
     prof = prof.to(device)
     depth = prof[None, :].expand(h, w) if along_x else prof[:, None].expand(h, w)
     return SceneRender(image=image.contiguous(), depth_um=depth.contiguous())
+
+
+def _render_curved(
+    x: torch.Tensor,
+    z_um: float,
+    scene: Scene,
+    optics: Optics,
+    margin: int,
+    photons: float,
+    grid_step: int,
+    device: torch.device | str,
+) -> SceneRender:
+    """:func:`render_scene` for a curved sample: kernels on a 2D grid of nodes."""
+    hp, wp = int(x.shape[0]), int(x.shape[1])
+    h, w = hp - 2 * margin, wp - 2 * margin
+    depth_padded = depth_map((hp, wp), z_um, scene, optics.pixel_size_um)
+    ny = np.unique(np.r_[np.arange(0, hp, grid_step), hp - 1]).astype(np.int64)
+    nx = np.unique(np.r_[np.arange(0, wp, grid_step), wp - 1]).astype(np.int64)
+    node_depth = depth_padded[np.ix_(ny, nx)].astype(np.float64).ravel()
+    focus = np.array([defocus_um_to_waves(float(d), optics) for d in node_depth], np.float32)
+    r = kernel_radius_px(float(np.abs(focus).max()), scene.cylinder, optics)
+    ft = torch.as_tensor(focus, device=device)
+    kernels = zernike_psf(
+        ft,
+        torch.full_like(ft, scene.cylinder),
+        torch.full_like(ft, scene.cylinder_axis),
+        2 * r + 1,
+        optics,
+    )
+    op = OverlapAdd((hp, wp), ny.astype(np.float64), nx.astype(np.float64), kernels, device=device)
+    blurred = op.forward(x)
+    image = blurred[margin : margin + h, margin : margin + w].clamp_min(0.0) * float(photons)
+    depth = torch.as_tensor(
+        np.ascontiguousarray(depth_padded[margin : margin + h, margin : margin + w]), device=device
+    )
+    return SceneRender(image=image.contiguous(), depth_um=depth)
