@@ -16,6 +16,12 @@ error in um is a larger relative error here.
 
     .venv/bin/python benchmarks/depth_table6.py                     # trained zernike3
     .venv/bin/python benchmarks/depth_table6.py --ground-truth-maps # pipeline check
+    .venv/bin/python benchmarks/depth_table6.py --model zernike3-lens45 --tta --clean \
+        --smooth 1 --curved 3000,-3000 --curved-tilt 3 --cache DIR  # README's figures
+
+A table of the error against the smoothing radius (``smooth_depth``, the ``depth``
+command's ``--smooth``) follows the main one, on the test planes and, with ``--curved``,
+on grids bent to those radii of curvature (um), where the smoothing's bias shows.
 
 PNGs (``--out``): the depth map of one test image next to the truth, and estimated vs
 true depth for all test patches.
@@ -40,6 +46,7 @@ from psf_live.depth import (
     depth_map,
     fit_calibration,
     fit_depth_plane,
+    smooth_depth,
     synthetic_psf_map,
     true_depth_grid,
 )
@@ -141,8 +148,14 @@ def save_scatter(
 # -- data --------------------------------------------------------------------------------
 
 
-def make_images(tilts: list[float], seed: int, ground_truth: bool, args: Any) -> list[dict]:
-    """Images (or ground-truth maps) of the tilted grid with fresh noise and offsets."""
+def make_images(
+    tilts: list[float], seed: int, ground_truth: bool, args: Any, curvature_um: float = 0.0
+) -> list[dict]:
+    """Images (or ground-truth maps) of the tilted grid with fresh noise and offsets.
+
+    ``curvature_um``: radius of curvature of the grid (0: a plane); the true depth at
+    the patch centres (``truth_grid``) and its range over the field then come along.
+    """
     rng = np.random.default_rng(seed)
     cy = patch_centers(patch_starts(SHAPE[0]))
     cx = patch_centers(patch_starts(SHAPE[1]))
@@ -151,6 +164,18 @@ def make_images(tilts: list[float], seed: int, ground_truth: bool, args: Any) ->
         meta = {"name": "ground-truth", "sha256": ""}
         for t in tilts:
             d = true_depth_grid(cy, cx, t, "x", PX, SHAPE)
+            extra: dict[str, Any] = {}
+            if curvature_um:  # the sample's sag r^2 / (2 R) at the patch centres
+                ry = (np.asarray(cy, dtype=np.float64) - (SHAPE[0] - 1) / 2) * PX
+                rx = (np.asarray(cx, dtype=np.float64) - (SHAPE[1] - 1) / 2) * PX
+                d = d + (ry[:, None] ** 2 + rx[None, :] ** 2) / (2 * curvature_um)
+                full = true_depth_grid(
+                    np.arange(SHAPE[0]), np.arange(SHAPE[1]), t, "x", PX, SHAPE
+                ).astype(np.float64)
+                yy = (np.arange(SHAPE[0]) - (SHAPE[0] - 1) / 2) * PX
+                xx = (np.arange(SHAPE[1]) - (SHAPE[1] - 1) / 2) * PX
+                full += (yy[:, None] ** 2 + xx[None, :] ** 2) / (2 * curvature_um)
+                extra = {"truth_grid": d, "range_um": float(np.ptp(full))}
             m = synthetic_psf_map(
                 d,
                 cy,
@@ -163,7 +188,7 @@ def make_images(tilts: list[float], seed: int, ground_truth: bool, args: Any) ->
                 rng=rng,
                 meta=meta,
             )
-            out.append({"tilt": t, "map": m})
+            out.append({"tilt": t, "map": m, **extra})
         return out
     import torch
 
@@ -172,7 +197,9 @@ def make_images(tilts: list[float], seed: int, ground_truth: bool, args: Any) ->
 
     torch.set_num_threads(args.threads)
     scope = SimMicroscope(SimSettings(shape=SHAPE), seed=seed)
-    scope.update(cylinder=0.25, cylinder_axis=math.pi / 4, tilt_axis="x")
+    scope.update(
+        cylinder=0.25, cylinder_axis=math.pi / 4, tilt_axis="x", curvature_radius_um=curvature_um
+    )
     tta = args.tta_views if args.tta else False
     est = None if args.render_only else Estimator.load(args.model, tta=tta)
     try:
@@ -187,7 +214,9 @@ def make_images(tilts: list[float], seed: int, ground_truth: bool, args: Any) ->
     for i, t in enumerate(it):
         off = (float(rng.uniform(0, 200)), float(rng.uniform(0, 200)))
         sseed = int(rng.integers(1e6))
-        f = cache / f"s{seed}_{i:03d}_{t:+g}_{args.exposure_ms:g}.npy" if cache else None
+        curved = f"_c{curvature_um:g}" if curvature_um else ""
+        name = f"s{seed}_{i:03d}_{t:+g}_{args.exposure_ms:g}{curved}.npy"
+        f = cache / name if cache else None
         scope.update(tilt_deg=float(t), sample_offset_um=off, sample_seed=sseed)
         if f is not None and f.exists():
             frame = np.load(f)
@@ -196,26 +225,39 @@ def make_images(tilts: list[float], seed: int, ground_truth: bool, args: Any) ->
             if f is not None:
                 np.save(f, frame)
         m = est.map(frame) if est is not None else None
-        out.append({"tilt": t, "map": m, "frame": frame, "truth_full": scope.depth_map(0.0)})
+        item = {"tilt": t, "map": m, "frame": frame, "truth_full": scope.depth_map(0.0)}
+        if curvature_um:
+            from scipy.ndimage import map_coordinates
+
+            yy, xx = np.meshgrid(cy, cx, indexing="ij")
+            item["truth_grid"] = map_coordinates(item["truth_full"], [yy, xx], order=1)
+            item["range_um"] = float(np.ptp(item["truth_full"]))
+        out.append(item)
     return out
 
 
 def evaluate(
-    items: list[dict], cal: DepthCalibration, clean: bool = False
+    items: list[dict], cal: DepthCalibration, clean: bool = False, smooth: int = 0
 ) -> dict[float, dict[str, Any]]:
-    """Per-tilt figures over the test items."""
+    """Per-tilt figures over the test items (``smooth``: local planes, smooth_depth)."""
     res: dict[float, dict[str, Any]] = {}
     for it in items:
         m = it["map"]
         est = depth_map(m, cal)
         if clean:
             est = clean_depth(est, m.centers_y, m.centers_x)
-        truth = true_depth_grid(m.centers_y, m.centers_x, it["tilt"], "x", PX, SHAPE)
+        if smooth:
+            est = smooth_depth(est, m.centers_y, m.centers_x, radius=smooth)
+        truth = it.get("truth_grid")
+        if truth is None:
+            truth = true_depth_grid(m.centers_y, m.centers_x, it["tilt"], "x", PX, SHAPE)
         ok = np.isfinite(est)
         plane = fit_depth_plane(est, m.centers_y, m.centers_x, PX, SHAPE)
         r = res.setdefault(
             it["tilt"], {"t": [], "e": [], "tilt_est": [], "sign_ok": 0, "n": 0, "n_all": 0}
         )
+        if "range_um" in it:  # a curved sample: the truth's range over the field
+            r["range_um"] = it["range_um"]
         r["n_all"] += est.size
         r["t"].append(truth[ok])
         r["e"].append(est[ok])
@@ -233,7 +275,7 @@ def evaluate(
         t = np.concatenate(r["t"])
         e = np.concatenate(r["e"])
         err = np.abs(e - t)
-        rng_um = (SHAPE[1] - 1) * PX * math.tan(math.radians(abs(tilt)))
+        rng_um = r.get("range_um") or (SHAPE[1] - 1) * PX * math.tan(math.radians(abs(tilt)))
         perr = np.abs(np.concatenate(r["pe"]) - np.concatenate(r["pt"]))
         r.update(
             prof_abs=float(perr.mean()),
@@ -253,6 +295,33 @@ def evaluate(
             coverage=100 * t.size / r["n_all"],
         )
     return res
+
+
+def smoothing_table(items: list[dict], cal: DepthCalibration, args: Any) -> None:
+    """Per-patch error vs smoothing radius on the test planes and on curved grids."""
+    rows: list[tuple[str, list[dict], float]] = [("planes 3/6/10/4/8/-6 deg", items, 0.0)]
+    for rc in (float(v) for v in args.curved.split(",") if v.strip()):
+        curved = make_images(
+            [args.curved_tilt] * args.per_curved, args.seed + 1, args.ground_truth_maps, args, rc
+        )
+        label = f"{args.curved_tilt:+g} deg, curvature radius {rc / 1000:+g} mm"
+        rows.append((label, curved, rc))
+    print(
+        "\nsmoothing (smooth_depth, local planes over R patches around each; the `depth` "
+        "command's --smooth R): mean per-patch relative error (%), R^2 (lowest)"
+    )
+    print("| sample | range (um) | R = 0 | R = 1 (3x3, 123 um) | R = 2 (5x5, 205 um) |")
+    print("|---|---|---|---|---|")
+    for label, its, rc in rows:
+        cells = []
+        for k in (0, 1, 2):
+            ev = evaluate(its, cal, clean=args.clean, smooth=k)
+            rel = np.mean([r["rel_mean"] for r in ev.values()])
+            r2 = min(r["r2"] for r in ev.values())
+            cells.append(f"{rel:.2f} % (R^2 {r2:.4f})")
+        rng = np.mean([it.get("range_um", 0.0) for it in its]) if rc else float("nan")
+        rng_txt = f"{rng:.1f}" if rc else "per tilt"
+        print(f"| {label} | {rng_txt} | " + " | ".join(cells) + " |")
 
 
 def main() -> int:
@@ -290,6 +359,21 @@ def main() -> int:
         default="auto",
         help="dead zone of the calibration: auto (fitted, the default) or a width (0: none)",
     )
+    ap.add_argument(
+        "--smooth",
+        type=int,
+        default=0,
+        help="local-plane smoothing of the depth maps over this many patches (smooth_depth; "
+        "the `depth` command's --smooth) for the main table",
+    )
+    ap.add_argument(
+        "--curved",
+        default="",
+        help="radii of curvature (um, comma-separated, e.g. 2000,-2000): also image curved "
+        "grids and print what the smoothing costs on them",
+    )
+    ap.add_argument("--curved-tilt", type=float, default=6.0, help="tilt of the curved grids")
+    ap.add_argument("--per-curved", type=int, default=3, help="images per curvature")
     ap.add_argument("--per-tilt", type=int, default=10, help="images per calibration tilt")
     ap.add_argument("--n-cal", type=int, default=4, help="of which used for calibration")
     ap.add_argument("--per-extra", type=int, default=3, help="images per extra tilt")
@@ -381,9 +465,10 @@ def main() -> int:
             f"are left out (quantile {args.spread_quantile:g} of the calibration patches)"
         )
 
-    res = evaluate(test_items + extra_items, cal, clean=args.clean)
+    res = evaluate(test_items + extra_items, cal, clean=args.clean, smooth=args.smooth)
+    smoothed = f", smoothed over {args.smooth} patches (smooth_depth)" if args.smooth else ""
     print(
-        f"\ndepth maps {'cleaned (clean_depth)' if args.clean else 'as mapped'}; "
+        f"\ndepth maps {'cleaned (clean_depth)' if args.clean else 'as mapped'}{smoothed}; "
         f"patches used: {np.mean([r['coverage'] for r in res.values()]):.0f} %"
     )
     print(
@@ -407,6 +492,7 @@ def main() -> int:
     for tilt in (*CAL_TILTS, *EXTRA_TILTS):
         r = res[tilt]
         print(f"| {tilt:+g} | {r['prof_abs']:.2f} +- {r['prof_sd']:.2f} | {r['prof_rel']:.2f} |")
+    smoothing_table(test_items + extra_items, cal, args)
     ok_rel = all(r["rel_mean"] <= 1.0 for r in res.values())  # per patch, not projected
     ok_r2 = all(r["r2"] >= 0.99 for r in res.values())
     ok_sign = all(r["sign_ok"] == r["n"] for r in res.values())

@@ -455,6 +455,13 @@ def depth_cmd(
     clean: bool = typer.Option(
         True, "--clean/--no-clean", help="Drop patches that disagree with their neighbours."
     ),
+    smooth: int = typer.Option(
+        0,
+        "--smooth",
+        min=0,
+        help="Fit local planes over this many patches around each (0: none): less noise, "
+        "less lateral resolution (README, Depth).",
+    ),
     model: str = typer.Option(
         None, "--model", "-m", help="Model name or path (default: the calibration's)."
     ),
@@ -477,7 +484,7 @@ def depth_cmd(
     out = []
     for t, f in enumerate(frames):
         try:
-            fd = frame_depth(est, f, cal, full=not grid, clean=clean)
+            fd = frame_depth(est, f, cal, full=not grid, clean=clean, smooth=smooth)
         except CalibrationError as exc:
             raise fail(str(exc)) from None
         out.append(fd.grid if grid or fd.full is None else fd.full)

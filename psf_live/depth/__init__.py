@@ -22,6 +22,7 @@ from ._calib import (
     fit_calibration,
     fit_depth_plane,
     robust_lstsq,
+    smooth_depth,
     true_depth_grid,
 )
 from ._metric import (
@@ -72,6 +73,7 @@ __all__ = [
     "parse_tilts",
     "robust_lstsq",
     "signed_focus",
+    "smooth_depth",
     "synthetic_psf_map",
     "true_depth_grid",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "fit_calibration",
     "fit_depth_plane",
     "robust_lstsq",
+    "smooth_depth",
     "true_depth_grid",
 ]
 
@@ -524,6 +525,64 @@ def clean_depth(
     if fin.any():
         scale = max(1.4826 * float(np.median(np.abs(dev[fin]))), floor_um)
         out[fin & (np.abs(dev) > k * scale)] = np.nan
+    return out.astype(np.float32)
+
+
+def smooth_depth(
+    depth: npt.ArrayLike,
+    centers_y: npt.ArrayLike,
+    centers_x: npt.ArrayLike,
+    radius: int = 1,
+) -> np.ndarray:
+    """Local-plane smoothing of a depth map: precision for lateral resolution.
+
+    Each finite patch gets the value at its centre of the least-squares plane through
+    the finite patches within ``radius`` patches (itself included); NaN patches stay
+    NaN (where the neighbours are too few to fix a plane, the least-squares solution
+    of smallest norm is used: a patch alone keeps its value). The network's depth
+    errors are nearly independent from patch to patch (neighbour correlation 0.16
+    along x, -0.06 along y on the depth benchmark), so averaging
+    ``(2 radius + 1)^2`` patches divides them by up to ``2 radius + 1``; a plane is kept
+    exactly, whatever its tilt. The price is curvature: on a surface with curvature
+    ``kappa`` (1/um) the window's plane misses the centre by ``kappa / 2`` times the
+    mean squared distance of the window's patches from it (um^2), e.g. 1.1 um for a
+    1 mm radius of curvature with ``radius=1`` at a 64 px stride of 0.64 um pixels.
+
+    Parameters
+    ----------
+    depth : array_like
+        (rows, cols) depth per patch, NaN where invalid.
+    centers_y, centers_x : array_like
+        Patch centres (pixels).
+    radius : int
+        Neighbourhood half-width in patches (0 returns a float32 copy).
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, cols) float32 smoothed depth.
+    """
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    d = np.asarray(depth, dtype=np.float64)
+    cy = np.asarray(centers_y, dtype=np.float64)
+    cx = np.asarray(centers_x, dtype=np.float64)
+    rows, cols = d.shape
+    out = d.copy()
+    if radius == 0:
+        return out.astype(np.float32)
+    for i in range(rows):
+        for j in range(cols):
+            if not np.isfinite(d[i, j]):
+                continue
+            i0, i1 = max(0, i - radius), min(rows, i + radius + 1)
+            j0, j1 = max(0, j - radius), min(cols, j + radius + 1)
+            win = d[i0:i1, j0:j1]
+            ok = np.isfinite(win)
+            yy, xx = np.meshgrid(cy[i0:i1] - cy[i], cx[j0:j1] - cx[j], indexing="ij")
+            A = np.stack([np.ones(int(ok.sum())), yy[ok], xx[ok]], axis=1)
+            coef = np.linalg.lstsq(A, win[ok], rcond=None)[0]  # min-norm if collinear
+            out[i, j] = coef[0]
     return out.astype(np.float32)
 
 

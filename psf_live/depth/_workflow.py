@@ -23,6 +23,7 @@ from ._calib import (
     depth_map,
     fit_calibration,
     fit_depth_plane,
+    smooth_depth,
 )
 from ._metric import DEFAULT_LENS_AXIS
 
@@ -190,11 +191,14 @@ def frame_depth(
     calibration: DepthCalibration,
     full: bool = True,
     clean: bool = True,
+    smooth: int = 0,
 ) -> FrameDepth:
     """Depth map (um) of one frame with a calibration, and the tilt of the sample plane.
 
     With ``clean`` patches that disagree with their neighbours are dropped first
-    (:func:`~psf_live.depth.clean_depth`).
+    (:func:`~psf_live.depth.clean_depth`); with ``smooth`` > 0 the patch grid is then
+    smoothed by local planes over ``smooth`` patches around each
+    (:func:`~psf_live.depth.smooth_depth`: less noise, less lateral resolution).
 
     Raises
     ------
@@ -209,6 +213,8 @@ def frame_depth(
     if clean:
         grid = clean_depth(grid, m.centers_y, m.centers_x)
         n_cleaned = n_kept - int(np.isfinite(grid).sum())
+    if smooth:
+        grid = smooth_depth(grid, m.centers_y, m.centers_x, radius=smooth)
     plane = None
     if int(np.isfinite(grid).sum()) >= 3:
         plane = fit_depth_plane(
