@@ -332,10 +332,25 @@ def test_depth_map_and_tilt_with_calibration(qtbot: Any, core: Any, tmp_path: Pa
     assert tx == pytest.approx(truth, abs=0.01) and ty == pytest.approx(0.0, abs=0.01)
     assert panel.readouts["tilt_x"].text() == f"+{truth:.2f} deg"
     assert "calibrated" in panel.readouts["tilt_x"].toolTip()
+    # depth smoothing: the view shows local planes (a noisy ramp comes out closer to it)
+    from psf_live.depth import smooth_depth
+
+    noisy = _ramp_map()
+    noisy.params[..., 0] += np.random.default_rng(0).normal(0, 0.02, noisy.params.shape[:2])
+    panel.depth_smooth_spin.setValue(1)
+    panel._latest.put(1, np.zeros((512, 640), np.uint16), noisy, None)
+    qtbot.waitUntil(lambda: panel.maps_shown == 2, timeout=5000)
+    shown = panel.depth_view.image.image
+    raw = np.where(noisy.valid, 50.0 * noisy.params[..., 0], np.nan)
+    smoothed = smooth_depth(raw, noisy.centers_y, noisy.centers_x, radius=1)
+    ok = noisy.valid
+    assert shown[ok] == pytest.approx(smoothed[ok], rel=1e-4, abs=1e-4)
+    assert np.abs(shown - expected)[ok].mean() < 0.7 * np.abs(raw - expected)[ok].mean()
+    panel.depth_smooth_spin.setValue(0)
     # a map from another network than the calibration's is refused, not mis-coloured
     panel.load_calibration(other.save(tmp_path / "other.json"))
-    panel._latest.put(1, np.zeros((512, 640), np.uint16), _ramp_map(), None)
-    qtbot.waitUntil(lambda: panel.maps_shown == 2, timeout=5000)
+    panel._latest.put(2, np.zeros((512, 640), np.uint16), _ramp_map(), None)
+    qtbot.waitUntil(lambda: panel.maps_shown == 3, timeout=5000)
     assert panel.depth_view.image.image is None
     assert "other" in panel.depth_view.message.toPlainText()
     panel.load_calibration(None)

@@ -240,6 +240,13 @@ class PSFLivePanel(QtWidgets.QWidget):
         self.calib_button = QtWidgets.QPushButton("Calibration...")
         self.calib_button.clicked.connect(self._choose_calibration)
         self.calib_label = QtWidgets.QLabel("")
+        self.depth_smooth_spin = QtWidgets.QSpinBox()
+        self.depth_smooth_spin.setRange(0, 3)
+        self.depth_smooth_spin.setSuffix(" patches")
+        self.depth_smooth_spin.setToolTip(
+            "Depth map: local planes over this many patches around each (0: none); "
+            "1 halves the per-patch error of a smooth sample for a coarser map"
+        )
         self.record_path = QtWidgets.QLineEdit("recording.zarr")
         self.record_path.setToolTip("OME-Zarr path to record raw frames and PSF maps to")
         self.record_button = QtWidgets.QPushButton("Record")
@@ -268,7 +275,8 @@ class PSFLivePanel(QtWidgets.QWidget):
         lay.addWidget(pair("Z", self.z_spin), 0, 4)
         lay.addWidget(pair("Overlay", self.overlay_combo), 0, 5)
         lay.addWidget(self.calib_button, 1, 0)
-        lay.addWidget(self.calib_label, 1, 1, 1, 2)
+        lay.addWidget(self.calib_label, 1, 1)
+        lay.addWidget(pair("Depth smoothing", self.depth_smooth_spin), 1, 2)
         lay.addWidget(pair("Record to", self.record_path), 1, 3, 1, 2)
         lay.addWidget(self.record_button, 1, 5)
         return box
@@ -623,9 +631,12 @@ class PSFLivePanel(QtWidgets.QWidget):
             self.astig_view.clear_map(f"{m.psf_model}: no astigmatism")
         if self.calibration is not None:
             try:
-                from psf_live.depth import depth_map
+                from psf_live.depth import depth_map, smooth_depth
 
-                self.depth_view.set_map(depth_map(m, self.calibration), valid, rect)
+                depth = depth_map(m, self.calibration)
+                if (k := self.depth_smooth_spin.value()) > 0:
+                    depth = smooth_depth(depth, m.centers_y, m.centers_x, radius=k)
+                self.depth_view.set_map(depth, valid, rect)
             except Exception as exc:
                 self.depth_view.clear_map(f"depth: {exc}")
         self._draw_overlay()
