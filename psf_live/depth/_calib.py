@@ -6,7 +6,7 @@ import copy
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -501,25 +501,12 @@ def clean_depth(
         (rows, cols) float32 copy with the outliers set to NaN.
     """
     d = np.asarray(depth, dtype=np.float64)
-    cy = np.asarray(centers_y, dtype=np.float64)
-    cx = np.asarray(centers_x, dtype=np.float64)
-    rows, cols = d.shape
     dev = np.full_like(d, np.nan)
-    for i in range(rows):
-        for j in range(cols):
-            if not np.isfinite(d[i, j]):
-                continue
-            i0, i1 = max(0, i - radius), min(rows, i + radius + 1)
-            j0, j1 = max(0, j - radius), min(cols, j + radius + 1)
-            win = d[i0:i1, j0:j1]
-            yy, xx = np.meshgrid(cy[i0:i1] - cy[i], cx[j0:j1] - cx[j], indexing="ij")
-            ok = np.isfinite(win)
-            ok[i - i0, j - j0] = False
-            if ok.sum() < 4:
-                continue
-            A = np.stack([np.ones(int(ok.sum())), yy[ok], xx[ok]], axis=1)
-            coef, _ = robust_lstsq(A, win[ok], n_iter=10)
-            dev[i, j] = d[i, j] - coef[0]
+    for i, j, A, v in _neighbour_windows(d, centers_y, centers_x, radius, include_self=False):
+        if len(v) < 4:
+            continue
+        coef, _ = robust_lstsq(A, v, n_iter=10)
+        dev[i, j] = d[i, j] - coef[0]
     fin = np.isfinite(dev)
     out = d.copy()
     if fin.any():
@@ -565,12 +552,30 @@ def smooth_depth(
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     d = np.asarray(depth, dtype=np.float64)
-    cy = np.asarray(centers_y, dtype=np.float64)
-    cx = np.asarray(centers_x, dtype=np.float64)
-    rows, cols = d.shape
     out = d.copy()
     if radius == 0:
         return out.astype(np.float32)
+    for i, j, A, v in _neighbour_windows(d, centers_y, centers_x, radius, include_self=True):
+        out[i, j] = np.linalg.lstsq(A, v, rcond=None)[0][0]  # min-norm if collinear
+    return out.astype(np.float32)
+
+
+def _neighbour_windows(
+    d: np.ndarray,
+    centers_y: npt.ArrayLike,
+    centers_x: npt.ArrayLike,
+    radius: int,
+    include_self: bool,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Local windows for plane fits around each finite patch.
+
+    Yields ``(i, j, A, v)`` for each finite patch ``(i, j)`` of ``d``: the design matrix
+    ``[1, dy, dx]`` (offsets in pixels from that patch) and the values of the finite
+    patches within ``radius`` patches of it (itself only with ``include_self``).
+    """
+    cy = np.asarray(centers_y, dtype=np.float64)
+    cx = np.asarray(centers_x, dtype=np.float64)
+    rows, cols = d.shape
     for i in range(rows):
         for j in range(cols):
             if not np.isfinite(d[i, j]):
@@ -578,12 +583,11 @@ def smooth_depth(
             i0, i1 = max(0, i - radius), min(rows, i + radius + 1)
             j0, j1 = max(0, j - radius), min(cols, j + radius + 1)
             win = d[i0:i1, j0:j1]
-            ok = np.isfinite(win)
             yy, xx = np.meshgrid(cy[i0:i1] - cy[i], cx[j0:j1] - cx[j], indexing="ij")
+            ok = np.isfinite(win)
+            ok[i - i0, j - j0] = include_self
             A = np.stack([np.ones(int(ok.sum())), yy[ok], xx[ok]], axis=1)
-            coef = np.linalg.lstsq(A, win[ok], rcond=None)[0]  # min-norm if collinear
-            out[i, j] = coef[0]
-    return out.astype(np.float32)
+            yield i, j, A, win[ok]
 
 
 def depth_full(
