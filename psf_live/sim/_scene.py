@@ -167,21 +167,10 @@ def depth_map(
     else:
         d = np.broadcast_to(depth_profile(h, z_um, scene, pixel_size_um)[:, None], (h, w))
     if scene.curvature_radius_um:
-        d = d + _sag(np.arange(h), np.arange(w), (h, w), scene, pixel_size_um)
+        y = (np.arange(h) - (h - 1) / 2.0) * pixel_size_um
+        x = (np.arange(w) - (w - 1) / 2.0) * pixel_size_um
+        d = d + (y[:, None] ** 2 + x[None, :] ** 2) / (2.0 * scene.curvature_radius_um)
     return np.asarray(d, dtype=np.float32)
-
-
-def _sag(
-    rows: np.ndarray,
-    cols: np.ndarray,
-    shape: tuple[int, int],
-    scene: Scene,
-    pixel_size_um: float,
-) -> np.ndarray:
-    """Curvature term ``r^2 / (2 R)`` (um) on the grid ``rows x cols`` of a field ``shape``."""
-    y = (np.asarray(rows, dtype=np.float64) - (shape[0] - 1) / 2.0) * pixel_size_um
-    x = (np.asarray(cols, dtype=np.float64) - (shape[1] - 1) / 2.0) * pixel_size_um
-    return (y[:, None] ** 2 + x[None, :] ** 2) / (2.0 * scene.curvature_radius_um)
 
 
 def kernel_radius_px(max_focus_waves: float, cylinder: float, optics: Optics) -> int:
