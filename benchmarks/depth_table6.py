@@ -148,6 +148,15 @@ def save_scatter(
 # -- data --------------------------------------------------------------------------------
 
 
+def _curved_truth(full: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> dict[str, Any]:
+    """Return the true depth of a curved sample at the patch centres and its range."""
+    from scipy.ndimage import map_coordinates
+
+    yy, xx = np.meshgrid(cy, cx, indexing="ij")
+    grid = map_coordinates(np.asarray(full, dtype=np.float64), [yy, xx], order=1)
+    return {"truth_grid": grid, "range_um": float(np.ptp(full))}
+
+
 def make_images(
     tilts: list[float], seed: int, ground_truth: bool, args: Any, curvature_um: float = 0.0
 ) -> list[dict]:
@@ -165,17 +174,13 @@ def make_images(
         for t in tilts:
             d = true_depth_grid(cy, cx, t, "x", PX, SHAPE)
             extra: dict[str, Any] = {}
-            if curvature_um:  # the sample's sag r^2 / (2 R) at the patch centres
-                ry = (np.asarray(cy, dtype=np.float64) - (SHAPE[0] - 1) / 2) * PX
-                rx = (np.asarray(cx, dtype=np.float64) - (SHAPE[1] - 1) / 2) * PX
-                d = d + (ry[:, None] ** 2 + rx[None, :] ** 2) / (2 * curvature_um)
-                full = true_depth_grid(
-                    np.arange(SHAPE[0]), np.arange(SHAPE[1]), t, "x", PX, SHAPE
-                ).astype(np.float64)
-                yy = (np.arange(SHAPE[0]) - (SHAPE[0] - 1) / 2) * PX
-                xx = (np.arange(SHAPE[1]) - (SHAPE[1] - 1) / 2) * PX
-                full += (yy[:, None] ** 2 + xx[None, :] ** 2) / (2 * curvature_um)
-                extra = {"truth_grid": d, "range_um": float(np.ptp(full))}
+            if curvature_um:
+                from psf_live.sim import Scene
+                from psf_live.sim import depth_map as sim_depth
+
+                scene = Scene(tilt_deg=t, tilt_axis="x", curvature_radius_um=curvature_um)
+                extra = _curved_truth(sim_depth(SHAPE, 0.0, scene, PX), cy, cx)
+                d = extra["truth_grid"]
             m = synthetic_psf_map(
                 d,
                 cy,
@@ -227,11 +232,7 @@ def make_images(
         m = est.map(frame) if est is not None else None
         item = {"tilt": t, "map": m, "frame": frame, "truth_full": scope.depth_map(0.0)}
         if curvature_um:
-            from scipy.ndimage import map_coordinates
-
-            yy, xx = np.meshgrid(cy, cx, indexing="ij")
-            item["truth_grid"] = map_coordinates(item["truth_full"], [yy, xx], order=1)
-            item["range_um"] = float(np.ptp(item["truth_full"]))
+            item.update(_curved_truth(item["truth_full"], cy, cx))
         out.append(item)
     return out
 
