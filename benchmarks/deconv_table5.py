@@ -114,7 +114,12 @@ def run(
 ) -> None:
     from skimage.restoration import richardson_lucy, unsupervised_wiener
 
-    from psf_live.deconv import default_shrink, richardson_lucy_tv, shrink_uncertain
+    from psf_live.deconv import (
+        default_shrink,
+        parse_shrink,
+        richardson_lucy_tv,
+        shrink_uncertain,
+    )
     from psf_live.estimate._map import psf_kernels
     from psf_live.psf import OverlapAdd, add_noise, get_model, render_psf
 
@@ -126,6 +131,7 @@ def run(
         f"CNN models: {names or 'none (ours/global skipped)'} (stride {stride})"
         f"{' with --tta' if tta else ''}; shrink {shrink}"
     )
+    shrink_k = parse_shrink(shrink)  # refuse a bad --shrink before any work
     centers = np.array([64.0, 192.0])
     rows = []
     for deg, model_name in DEGRADATIONS.items():
@@ -167,7 +173,7 @@ def run(
                 m = est.map(y)
                 if est.psf_model == model_name and m.params.shape[:2] == (2, 2):
                     ratios.setdefault(det, []).extend(m.params[..., 0].ravel() / p[:, 0])
-                k = default_shrink(m) if shrink == "auto" else float(shrink)
+                k = default_shrink(m) if shrink_k is None else shrink_k
                 res[f"ours[{det}]"] = richardson_lucy_tv(y, shrink_uncertain(m, k), device="cpu")
                 g = m.params.reshape(-1, m.params.shape[-1])
                 gk = psf_kernels(m)

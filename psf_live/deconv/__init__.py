@@ -1,7 +1,13 @@
 """Spatially-variant TV-regularised Richardson-Lucy deconvolution (Section II-G)."""
 
 from ._kernels import kernels_from_map, trim_kernels
-from ._shrink import SIZE_PARAMS, ZERNIKE_SHRINK, default_shrink, shrink_uncertain
+from ._shrink import (
+    SIZE_PARAMS,
+    ZERNIKE_SHRINK,
+    default_shrink,
+    parse_shrink,
+    shrink_uncertain,
+)
 from ._tvrl import poisson_nll, richardson_lucy_tv, tv_divergence
 
 __all__ = [
@@ -9,6 +15,7 @@ __all__ = [
     "ZERNIKE_SHRINK",
     "default_shrink",
     "kernels_from_map",
+    "parse_shrink",
     "poisson_nll",
     "richardson_lucy_tv",
     "shrink_uncertain",

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SIZE_PARAMS", "ZERNIKE_SHRINK", "default_shrink", "shrink_uncertain"]
+__all__ = ["SIZE_PARAMS", "ZERNIKE_SHRINK", "default_shrink", "parse_shrink", "shrink_uncertain"]
 
 SIZE_PARAMS = ("width", "width_x", "width_y", "focus", "cylinder")
 """Parameters that grow the PSF; :func:`shrink_uncertain` lowers these and no others."""
@@ -54,6 +54,37 @@ def default_shrink(psf_map: Any) -> float:
     if getattr(psf_map, "view_params", None) is None:
         return 0.0
     return ZERNIKE_SHRINK if get_model(psf_map.psf_model).kind == "zernike" else 0.0
+
+
+def parse_shrink(shrink: float | str) -> float | None:
+    """Read a shrink setting as the CLI and :func:`psf_live.store.deblur_file` take it.
+
+    Parameters
+    ----------
+    shrink : float or str
+        ``"auto"`` (any case) or a number (also as text).
+
+    Returns
+    -------
+    float or None
+        None for ``"auto"`` (resolve per map with :func:`default_shrink`), else the factor.
+
+    Raises
+    ------
+    ValueError
+        Neither ``"auto"`` nor a finite number >= 0.
+    """
+    if isinstance(shrink, str):
+        if shrink.strip().lower() == "auto":
+            return None
+        try:
+            shrink = float(shrink)
+        except ValueError:
+            raise ValueError(f"shrink must be 'auto' or a number >= 0, got {shrink!r}") from None
+    k = float(shrink)
+    if not math.isfinite(k) or k < 0:
+        raise ValueError(f"shrink must be 'auto' or a number >= 0, got {shrink!r}")
+    return k
 
 
 def shrink_uncertain(psf_map: Any, k: float) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +121,7 @@ class SimMicroscope:
         >>> scope = SimMicroscope()
         >>> s = scope.update(tilt_deg=6.0, cylinder=0.25, sample_seed=3)
         """
-        scene_fields = {
-            "tilt_deg",
-            "tilt_axis",
-            "sample_z_um",
-            "cylinder",
-            "cylinder_axis",
-            "curvature_radius_um",
-        }
+        scene_fields = {f.name for f in fields(Scene)}
         scene_changes = {k: changes.pop(k) for k in list(changes) if k in scene_fields}
         with self._lock:
             s = self.settings

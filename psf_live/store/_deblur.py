@@ -101,21 +101,6 @@ def map_from_npz(path: str | Path, frame_shape: tuple[int, int]) -> list[Any]:
     return maps
 
 
-def _shrink_value(shrink: float | str) -> float | None:
-    """``None`` for ``"auto"``, else the factor as a float (checked)."""
-    if isinstance(shrink, str):
-        if shrink.strip().lower() == "auto":
-            return None
-        try:
-            shrink = float(shrink)
-        except ValueError:
-            raise ValueError(f"shrink must be 'auto' or a number >= 0, got {shrink!r}") from None
-    k = float(shrink)
-    if not np.isfinite(k) or k < 0:
-        raise ValueError(f"shrink must be 'auto' or a number >= 0, got {shrink!r}")
-    return k
-
-
 def deblur_file(
     image: str | Path,
     output: str | Path,
@@ -166,7 +151,12 @@ def deblur_file(
     """
     from tqdm import tqdm
 
-    from psf_live.deconv import default_shrink, richardson_lucy_tv, shrink_uncertain
+    from psf_live.deconv import (
+        default_shrink,
+        parse_shrink,
+        richardson_lucy_tv,
+        shrink_uncertain,
+    )
     from psf_live.estimate import check_frame
     from psf_live.estimate._io import load_image
 
@@ -176,7 +166,7 @@ def deblur_file(
         raise ValueError(f"{out}: output must end in .zarr, .tif or .tiff")
     if out.exists() and not overwrite:
         raise ValueError(f"{out}: already exists")
-    shrink_k = _shrink_value(shrink)
+    shrink_k = parse_shrink(shrink)
     if shrink_k and psf_map is None and not tta:
         raise ValueError(
             f"shrink {shrink_k:g} needs the spread of the test-time-augmentation views: "
