@@ -54,6 +54,26 @@ def test_param_ranges_narrow_the_draw_only() -> None:
         draw_ranges("zernike1", {"focus": (0.5, 0.5)})
 
 
+def test_overshoot_draws_beyond_the_top_with_true_labels() -> None:
+    # zernike1 with 25 % overshoot: focus drawn from [0, 1.25], kernels match the labels
+    bank = PSFBank("zernike1", size=256, seed=2, overshoot=0.25)
+    k, p = bank.draw(512, torch.Generator().manual_seed(3))
+    assert 1.2 < float(p.max()) <= 1.25 and float(p.min()) < 0.05
+    assert float((p > 1.0).float().mean()) == pytest.approx(0.2, abs=0.06)
+    assert float((render_psf("zernike1", p[:8]) - k[:8]).abs().max()) < 1e-6
+    # the axis never overshoots; a narrowed interval stays as given; Gaussians too
+    assert draw_ranges("zernike3", None, 0.25) == ((0.0, 1.25), (0.0, 0.625), (0.0, math.pi))
+    assert draw_ranges("zernike3", {"cylinder": (0.2, 0.3)}, 0.25)[1] == (0.2, 0.3)
+    assert draw_ranges("gaussian1", None, 0.2) == ((0.5, 8.0 + 0.2 * 7.5),)
+    with pytest.raises(ValueError, match="overshoot"):
+        PSFBank("zernike1", size=8, overshoot=-0.1)
+    # a stream without overshoot (validation, test) stays inside the model's range
+    s = PatchStream("gaussian1", "val", 0, pool=8)
+    assert float(s.next(64).params.max()) <= 8.0
+    t = PatchStream("gaussian1", "train", 0, pool=8, overshoot=0.5)
+    assert float(t.next(64).params.max()) > 8.0
+
+
 def test_validity_rule() -> None:
     g = torch.Generator().manual_seed(0)
     sharp = torch.zeros(4, 128, 128)

@@ -227,3 +227,15 @@ def test_train_seed_draws_a_fresh_stream_and_keeps_the_held_out_ones(
     assert not all(
         torch.allclose(wa, wb) for wa, wb in zip(a.parameters(), b.parameters(), strict=True)
     )
+
+
+def test_train_overshoot_is_recorded_and_checked(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o"
+    args = ["--psf-model", "gaussian1", "--steps", "1", "--lr", "1e-3", "--out", str(out)]
+    assert main([*args, "--overshoot", "0.2", *FAST, "--val-every", "1"]) == 0
+    _, card = load_model(out.with_suffix(".pt"))
+    assert card.data_recipe["overshoot"] == 0.2
+    assert card.ranges == [[0.5, 8.0]]  # the outputs keep the model's range
+    with pytest.raises(SystemExit):
+        main([*args, "--overshoot", "0.8", *FAST])
+    assert "--overshoot must lie in [0, 0.5]" in capsys.readouterr().err

@@ -135,7 +135,9 @@ def _poisson(psi: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def draw_ranges(
-    model_name: str, param_ranges: Mapping[str, tuple[float, float]] | None = None
+    model_name: str,
+    param_ranges: Mapping[str, tuple[float, float]] | None = None,
+    overshoot: float = 0.0,
 ) -> tuple[tuple[float, float], ...]:
     """Intervals the training parameters are drawn from: the model's, some narrowed.
 
@@ -149,6 +151,15 @@ def draw_ranges(
         (the network's outputs keep the model's full range). An ``axis`` interval is
         followed by the exact flips/transposes of the data (a -> -a, a -> pi/2 - a), so
         the network also sees its mirror images.
+    overshoot : float
+        Extend the top of every magnitude parameter (all but ``axis``) whose interval
+        ends at the model's top by this fraction of the model's range (training
+        streams only; 0: none; a narrowed interval stays as given). Such PSFs
+        keep their true parameter as the label; the codec clips decoded outputs to
+        the model's range, so a patch blurred beyond it is reported at the edge.
+        Why: with the draw ending at the range's top, an uncertain estimate there can
+        only err downwards and the regression pulls it into the interior (zernike1:
+        -0.13 waves bias at 0.8-1.0 waves); drawing beyond the top removes that pull.
 
     Returns
     -------
@@ -169,6 +180,8 @@ def draw_ranges(
             raise ValueError(
                 f"range {name}={a:g},{b:g} must be an interval inside the model's [{lo:g}, {hi:g}]"
             )
+        if name != "axis" and b == hi:
+            b += float(overshoot) * (hi - lo)
         out.append((a, b))
     return tuple(out)
 
@@ -226,6 +239,8 @@ class PSFBank:
     optics : Optics, optional
     param_ranges : mapping of str -> (float, float), optional
         Narrower draw intervals for some parameters (see :func:`draw_ranges`).
+    overshoot : float
+        Draw magnitudes beyond the range's top (see :func:`draw_ranges`).
     """
 
     def __init__(
@@ -235,6 +250,7 @@ class PSFBank:
         seed: int = 0,
         optics: Optics | None = None,
         param_ranges: Mapping[str, tuple[float, float]] | None = None,
+        overshoot: float = 0.0,
     ) -> None:
         self.model = get_model(psf_model)
         self.optics = optics or Optics()
@@ -242,7 +258,10 @@ class PSFBank:
         self.fresh = self.model.kind == "gaussian"
         self.param_ranges = dict(param_ranges or {})
         # checked and resolved once: Gaussian banks draw fresh parameters every batch
-        rng = draw_ranges(self.model.name, self.param_ranges)
+        if overshoot < 0:
+            raise ValueError(f"overshoot must be >= 0, got {overshoot}")
+        self.overshoot = float(overshoot)
+        rng = draw_ranges(self.model.name, self.param_ranges, self.overshoot)
         self._lo = torch.tensor([r[0] for r in rng])
         self._hi = torch.tensor([r[1] for r in rng])
         g = torch.Generator().manual_seed(seed)
@@ -308,6 +327,9 @@ class PatchStream:
         Kernels of the bank built when ``bank`` is omitted.
     param_ranges : dict of str -> (float, float), optional
         Narrower draw intervals for that bank (see :func:`draw_ranges`).
+    overshoot : float
+        Draw magnitudes beyond the range's top for that bank (see :func:`draw_ranges`;
+        training streams only, so validation and test stay on the model's range).
     """
 
     psf_model: str
@@ -322,13 +344,18 @@ class PatchStream:
     bank: PSFBank | None = None
     bank_size: int = 2048
     param_ranges: dict[str, tuple[float, float]] | None = None
+    overshoot: float = 0.0
 
     def __post_init__(self) -> None:
         off = {"train": 0, "val": 1_000_003, "test": 2_000_003}[self.split]
         self.g = torch.Generator().manual_seed(self.seed + off)
         if self.bank is None:
             self.bank = PSFBank(
-                self.psf_model, self.bank_size, self.seed + off, param_ranges=self.param_ranges
+                self.psf_model,
+                self.bank_size,
+                self.seed + off,
+                param_ranges=self.param_ranges,
+                overshoot=self.overshoot,
             )
         self.k = self.bank.k
         self.r = PATCH + self.k - 1

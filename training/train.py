@@ -166,6 +166,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fraction of idealised patches: no shot/read noise, no background",
     )
     p.add_argument(
+        "--overshoot",
+        type=float,
+        default=0.0,
+        help="draw training magnitudes (all but the axis) up to this fraction of the "
+        "range beyond its top, labelled with their true value (validation/test stay "
+        "on the range): no pull into the interior at the top of the range",
+    )
+    p.add_argument(
         "--param-range",
         action="append",
         default=[],
@@ -187,6 +195,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("give --minutes and/or --steps")
     if not 0.0 <= a.clean_fraction <= 1.0:
         p.error("--clean-fraction must lie in [0, 1]")
+    if not 0.0 <= a.overshoot <= 0.5:
+        p.error("--overshoot must lie in [0, 0.5]")
     ranges: dict[str, tuple[float, float]] = {}
     for spec in a.param_range:
         name, _, vals = spec.partition("=")
@@ -243,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "degrade": degrade,
         "bank_size": args.bank_size,
         "pool": args.pool,
+        "overshoot": args.overshoot,
     }
     extra: dict[str, Any] = {"types": types} if types else {}
     if args.param_ranges:  # train, validation and test streams alike
@@ -479,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if train_seed != args.seed:  # only then: older cards stay as they were
             recipe["train_seed"] = train_seed
+        if args.overshoot:  # only then: older cards stay as they were
+            recipe["overshoot"] = args.overshoot
         if args.param_ranges:  # only then: older cards stay as they were
             recipe["param_ranges"] = {k: list(v) for k, v in args.param_ranges.items()}
         card = ModelCard.for_psf_model(
