@@ -7,6 +7,8 @@ from psf_live.psf import convolve, render_psf
 
 training_data = pytest.importorskip("training.data")
 from training.data import (  # noqa: E402
+    SNR_MIN,
+    DegradeConfig,
     PatchStream,
     PSFBank,
     draw_ranges,
@@ -84,6 +86,34 @@ def test_validity_rule() -> None:
     invalid, smooth = validity_rule(sharp)
     assert invalid.tolist() == [True, True, False, False]
     assert smooth.tolist() == [False, False, False, True]
+
+
+def test_texture_lost_in_noise_is_invalid_below_snr_min() -> None:
+    # a sinusoid of std 0.3/sqrt(2) on a mean of 0.5, one period per patch, at P photons:
+    # noise std sqrt(0.5 P) (shot noise only), blurred signal std ~0.212 P (a Gaussian
+    # of width <= 8 px keeps >= 92 % of it), so sqrt(P) = 0.25 puts the ratio at
+    # 0.070-0.075: texture by the old rule (0.05), lost in the noise by the default (0.1)
+    s = PatchStream("gaussian1", "test", 0, pool=4)
+    xx = torch.arange(float(s.r))[None, :].expand(s.r, s.r)
+    src = (0.5 + 0.3 * torch.sin(2 * math.pi * xx / 128))[None].expand(8, -1, -1)
+    kind = torch.zeros(8, dtype=torch.long)
+
+    def labels(peak: float, snr_min: float) -> list[float]:
+        cfg = DegradeConfig(
+            peak_photons=(peak, peak),
+            beta=(1.0, 1.0),
+            read_rel=(0.0, 0.0),
+            background_rel=(0.0, 0.0),
+            illum_gradient=(0.0, 0.0),
+            invalid_fraction=0.0,
+            snr_min=snr_min,
+        )
+        return s.degrade_sources(src, kind, cfg=cfg).invalid.tolist()
+
+    assert SNR_MIN == DegradeConfig().snr_min == 0.1
+    assert labels(0.0625, 0.1) == [1.0] * 8
+    assert labels(0.0625, 0.05) == [0.0] * 8
+    assert labels(0.0625 * 4, 0.1) == [0.0] * 8  # twice the ratio: readable again
 
 
 def test_stream_deterministic_and_labelled() -> None:

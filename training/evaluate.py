@@ -117,6 +117,7 @@ def score(psf_model: str, r: dict[str, torch.Tensor], use_weight: bool = True) -
 
 _BANKS: dict[tuple[Any, ...], PSFBank] = {}  # (model, seed, draw intervals) -> kernel bank
 BANK_SIZE = [512]
+SNR_RULE: list[float | None] = [None]  # --snr-min: the label rule of older recipes
 
 
 Ranges = dict[str, tuple[float, float]] | None
@@ -133,6 +134,8 @@ def _stream(
     key = (psf_model, seed, tuple(sorted((ranges or {}).items())))
     if key not in _BANKS:  # one kernel bank per model, seed and draw intervals (slow part)
         _BANKS[key] = PSFBank(psf_model, BANK_SIZE[0], seed + 2_000_003, param_ranges=ranges)
+    if SNR_RULE[0] is not None:
+        cfg = replace(cfg, snr_min=SNR_RULE[0])
     return PatchStream(
         psf_model, "test", seed, types=types, degrade=cfg, bank=_BANKS[key], pool=pool, refresh=0.0
     )
@@ -392,6 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         "--bank-size", type=int, default=512, help="Zernike kernels rendered for the test"
     )
     p.add_argument(
+        "--snr-min",
+        type=float,
+        default=None,
+        help="label rule of the test patches: blurred texture std below this x the noise "
+        "std is invalid (default training.data.SNR_MIN; 0.05 for recipes before 2026-12-03)",
+    )
+    p.add_argument(
         "--ranges",
         choices=["card", "full"],
         default="card",
@@ -403,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
     BANK_SIZE[0] = a.bank_size
+    SNR_RULE[0] = a.snr_min
     report: dict[str, Any] = {}
     table4: dict[str, dict[str, float]] = {}
     for spec in a.model.split(","):

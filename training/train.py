@@ -44,7 +44,7 @@ from psf_live.models import ModelCard, load_model, save_model
 from psf_live.nets import ARCHS, build_net, get_codec
 from psf_live.psf import get_model
 
-from .data import Batch, DegradeConfig, PatchStream, dihedral_batch, draw_ranges
+from .data import SNR_MIN, Batch, DegradeConfig, PatchStream, dihedral_batch, draw_ranges
 from .metrics import r2_report
 
 
@@ -166,6 +166,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fraction of idealised patches: no shot/read noise, no background",
     )
     p.add_argument(
+        "--snr-min",
+        type=float,
+        default=SNR_MIN,
+        help="label rule: blurred texture std below this x the noise std is invalid "
+        f"(default {SNR_MIN}; recipes before 2026-12-03 used 0.05)",
+    )
+    p.add_argument(
         "--overshoot",
         type=float,
         default=0.0,
@@ -242,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     train_seed = args.seed if args.train_seed is None else args.train_seed
     if args.noise == "strong":
         degrade = DegradeConfig(peak_photons=(4.0, 20000.0), read_rel=(0.0, 0.35))
-    degrade = replace(degrade, clean_fraction=args.clean_fraction)
+    degrade = replace(degrade, clean_fraction=args.clean_fraction, snr_min=args.snr_min)
     types = None
     if args.types:
         types = {t.strip(): 1.0 for t in args.types.split(",") if t.strip()}
@@ -482,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             "psf_bank_size": args.bank_size,
             "pool": args.pool,
             "invalid_rule": "black: <4 px above 0.1; flat: std<0.02 (sharp content, [0,1]); "
-            "blurred signal std < 0.05 x noise std; synthetic black/flat patches; "
+            f"blurred signal std < {args.snr_min:g} x noise std; synthetic black/flat patches; "
             "smooth content (detail ratio<0.04) excluded from the parameter loss",
             "noise": args.noise,
             "reuse": args.reuse,
