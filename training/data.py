@@ -67,6 +67,10 @@ for zernike1 (0.66); the networks called 40-50 % of the first band invalid anywa
 before 2026-12-03 used 0.05."""
 
 
+DEFAULT_TYPES: dict[str, float] = {"syn": 1.0, "poi": 0.7, "tex": 1.5, "nat": 1.5, "micr": 1.0}
+"""Source types of the training data and their mixing weights (PatchStream's default)."""
+
+
 @dataclass
 class DegradeConfig:
     """Random degradation ranges (uniform unless stated); fixed values for sweeps."""
@@ -344,9 +348,7 @@ class PatchStream:
     psf_model: str
     split: str = "train"
     seed: int = 0
-    types: dict[str, float] = field(
-        default_factory=lambda: {"syn": 1.0, "poi": 0.7, "tex": 1.5, "nat": 1.5, "micr": 1.0}
-    )
+    types: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPES))
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     pool: int = 512
     refresh: float = 0.1

@@ -44,7 +44,15 @@ from psf_live.models import ModelCard, load_model, save_model
 from psf_live.nets import ARCHS, build_net, get_codec
 from psf_live.psf import get_model
 
-from .data import SNR_MIN, Batch, DegradeConfig, PatchStream, dihedral_batch, draw_ranges
+from .data import (
+    DEFAULT_TYPES,
+    SNR_MIN,
+    Batch,
+    DegradeConfig,
+    PatchStream,
+    dihedral_batch,
+    draw_ranges,
+)
 from .metrics import r2_report
 
 
@@ -77,7 +85,8 @@ class _Stream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
             yield s.next(self.bs)
 
 
-def _collate(b: Batch) -> Batch:
+def _collate(b: Any) -> Any:
+    """Identity: the stream yields whole batches (``batch_size=None``)."""
     return b
 
 
@@ -483,8 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         test = [ts.next(args.batch_size) for _ in range(args.test_batches)]
         ev = evaluate_batches(net, pm.name, test, device)
         recipe: dict[str, Any] = {
-            "sources": stream_kw.get("types")
-            or PatchStream.__dataclass_fields__["types"].default_factory(),  # type: ignore[misc]
+            "sources": stream_kw.get("types") or dict(DEFAULT_TYPES),
             "degrade": degrade.to_dict(),
             "psf_bank_size": args.bank_size,
             "pool": args.pool,
