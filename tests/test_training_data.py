@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from training.data import (  # noqa: E402
     valid_blur,
     validity_rule,
 )
+from training.evaluate import CLEAN  # noqa: E402
 from training.sources import SOURCE_TYPES, image_bank, make_sources  # noqa: E402
 
 
@@ -99,15 +101,8 @@ def test_texture_lost_in_noise_is_invalid_below_snr_min() -> None:
     kind = torch.zeros(8, dtype=torch.long)
 
     def labels(peak: float, snr_min: float) -> list[float]:
-        cfg = DegradeConfig(
-            peak_photons=(peak, peak),
-            beta=(1.0, 1.0),
-            read_rel=(0.0, 0.0),
-            background_rel=(0.0, 0.0),
-            illum_gradient=(0.0, 0.0),
-            invalid_fraction=0.0,
-            snr_min=snr_min,
-        )
+        # the evaluation's idealised recipe (no read noise, background or ramp) + shot noise
+        cfg = replace(CLEAN, peak_photons=(peak, peak), poisson=True, snr_min=snr_min)
         return s.degrade_sources(src, kind, cfg=cfg).invalid.tolist()
 
     assert SNR_MIN == DegradeConfig().snr_min == 0.1
