@@ -235,7 +235,11 @@ def test_train_overshoot_is_recorded_and_checked(tmp_path: Path, capsys) -> None
     assert main([*args, "--overshoot", "0.2", *FAST, "--val-every", "1"]) == 0
     _, card = load_model(out.with_suffix(".pt"))
     assert card.data_recipe["overshoot"] == 0.2
+    assert card.data_recipe["degrade"]["snr_min"] == 0.1  # the label rule is recorded
     assert card.ranges == [[0.5, 8.0]]  # the outputs keep the model's range
     with pytest.raises(SystemExit):
         main([*args, "--overshoot", "0.8", *FAST])
     assert "--overshoot must lie in [0, 0.5]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--snr-min", "-0.1", *FAST])
+    assert "--snr-min must be >= 0" in capsys.readouterr().err

@@ -170,9 +170,10 @@ def draw_ranges(
         streams only; 0: none; a narrowed interval stays as given). Such PSFs
         keep their true parameter as the label; the codec clips decoded outputs to
         the model's range, so a patch blurred beyond it is reported at the edge.
-        Why: with the draw ending at the range's top, an uncertain estimate there can
-        only err downwards and the regression pulls it into the interior (zernike1:
-        -0.13 waves bias at 0.8-1.0 waves); drawing beyond the top removes that pull.
+        Meant for the regression to the mean at the range's top (zernike1: -0.13 waves
+        bias at 0.8-1.0 waves). Measured (training/README.md): it removes that bias
+        but moves every uncertain estimate up (the prior's mean moves), so R^2 fell;
+        no shipped network uses it.
 
     Returns
     -------

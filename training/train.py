@@ -187,7 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="draw training magnitudes (all but the axis) up to this fraction of the "
         "range beyond its top, labelled with their true value (validation/test stay "
-        "on the range): no pull into the interior at the top of the range",
+        "on the range); measured worse for zernike1, see training/README.md",
     )
     p.add_argument(
         "--param-range",
@@ -213,6 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--clean-fraction must lie in [0, 1]")
     if not 0.0 <= a.overshoot <= 0.5:
         p.error("--overshoot must lie in [0, 0.5]")
+    if a.snr_min < 0:
+        p.error("--snr-min must be >= 0")
     ranges: dict[str, tuple[float, float]] = {}
     for spec in a.param_range:
         name, _, vals = spec.partition("=")
