@@ -69,3 +69,28 @@ def test_curvature_costs_the_analytic_bias() -> None:
     mean_r2 = float(np.mean(o[:, None] ** 2 + o[None, :] ** 2))
     assert s[4, 4] - z[4, 4] == pytest.approx(0.5 * k * mean_r2, rel=1e-4)
     assert s[4, 4] - z[4, 4] == pytest.approx(1.12, abs=0.01)
+
+
+def _plane_at_centre(d: np.ndarray, cy: np.ndarray, cx: np.ndarray, r: int) -> np.ndarray:
+    """Reference: one least-squares plane per finite patch (minimum norm if degenerate)."""
+    out = np.full(d.shape, np.nan)
+    for i, j in zip(*np.nonzero(np.isfinite(d)), strict=True):
+        sl = (slice(max(0, i - r), i + r + 1), slice(max(0, j - r), j + r + 1))
+        yy, xx = np.meshgrid(cy[sl[0]] - cy[i], cx[sl[1]] - cx[j], indexing="ij")
+        ok = np.isfinite(d[sl])
+        A = np.stack([np.ones(int(ok.sum())), yy[ok], xx[ok]], axis=1)
+        out[i, j] = np.linalg.lstsq(A, d[sl][ok], rcond=None)[0][0]
+    return out
+
+
+def test_matches_a_plane_fit_per_window_where_holes_make_windows_degenerate() -> None:
+    """Sparse maps leave windows of one patch, two patches, or patches on one line
+    (slopes undetermined): the plane's value at the patch is still the fit's."""
+    rng = np.random.default_rng(2)
+    for holes in (0.0, 0.5, 0.8):
+        d = rng.normal(0.0, 5.0, (CY.size, CX.size)) + _grid(lambda y, x: 0.01 * x)
+        d[rng.random(d.shape) < holes] = np.nan
+        for r in (1, 2):
+            np.testing.assert_allclose(
+                smooth_depth(d, CY, CX, radius=r), _plane_at_centre(d, CY, CX, r), atol=1e-4
+            )
