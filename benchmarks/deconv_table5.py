@@ -173,8 +173,8 @@ def run(
                 m = est.map(y)
                 if est.psf_model == model_name and m.params.shape[:2] == (2, 2):
                     ratios.setdefault(det, []).extend(m.params[..., 0].ravel() / p[:, 0])
-                k = default_shrink(m) if shrink_k is None else shrink_k
-                res[f"ours[{det}]"] = richardson_lucy_tv(y, shrink_uncertain(m, k), device="cpu")
+                sd = default_shrink(m) if shrink_k is None else shrink_k
+                res[f"ours[{det}]"] = richardson_lucy_tv(y, shrink_uncertain(m, sd), device="cpu")
                 g = m.params.reshape(-1, m.params.shape[-1])
                 gk = psf_kernels(m)
                 med = np.median(g, 0)
@@ -183,10 +183,12 @@ def run(
                 )[0]
                 res[f"global[{det}]"] = richardson_lucy_tv(y, one, device="cpu")
             b_snr, b_ssim = snr_db(x, y), ssim(x, y)
-            for k, v in res.items():
-                if k == "blurry":
+            for method, out in res.items():
+                if method == "blurry":
                     continue
-                scores.setdefault(k, []).append((snr_db(x, v) - b_snr, ssim(x, v) - b_ssim))
+                scores.setdefault(method, []).append(
+                    (snr_db(x, out) - b_snr, ssim(x, out) - b_ssim)
+                )
             if (i + 1) % 10 == 0:
                 run_means = "  ".join(
                     f"{k} {np.mean([q[0] for q in v]):+.2f}" for k, v in scores.items()
@@ -197,13 +199,13 @@ def run(
         dt = time.perf_counter() - t0
         print(f"\n{deg} degradation, {n_images} images ({dt:.0f} s):")
         print(f"  {'method':<14} {'dSNR (dB)':>16} {'dSSIM':>16}")
-        for k, v in scores.items():
-            a = np.array(v)
+        for method, gains in scores.items():
+            a = np.array(gains)
             print(
-                f"  {k:<14} {a[:, 0].mean():7.2f} +- {a[:, 0].std():5.2f}"
+                f"  {method:<14} {a[:, 0].mean():7.2f} +- {a[:, 0].std():5.2f}"
                 f"  {a[:, 1].mean():7.3f} +- {a[:, 1].std():5.3f}"
             )
-            rows.append((deg, k, a[:, 0].mean(), a[:, 1].mean()))
+            rows.append((deg, method, a[:, 0].mean(), a[:, 1].mean()))
         for det, rs in ratios.items():
             r = np.array(rs)
             print(

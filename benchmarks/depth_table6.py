@@ -159,7 +159,7 @@ def _curved_truth(full: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> dict[str,
 
 def make_images(
     tilts: list[float], seed: int, ground_truth: bool, args: Any, curvature_um: float = 0.0
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Images (or ground-truth maps) of the tilted grid with fresh noise and offsets.
 
     ``curvature_um``: radius of curvature of the grid (0: a plane); the true depth at
@@ -218,7 +218,7 @@ def make_images(
         cache.mkdir(parents=True, exist_ok=True)
     for i, t in enumerate(it):
         off = (float(rng.uniform(0, 200)), float(rng.uniform(0, 200)))
-        sseed = int(rng.integers(1e6))
+        sseed = int(rng.integers(1_000_000))
         curved = f"_c{curvature_um:g}" if curvature_um else ""
         name = f"s{seed}_{i:03d}_{t:+g}_{args.exposure_ms:g}{curved}.npy"
         f = cache / name if cache else None
@@ -238,7 +238,7 @@ def make_images(
 
 
 def evaluate(
-    items: list[dict], cal: DepthCalibration, clean: bool = False, smooth: int = 0
+    items: list[dict[str, Any]], cal: DepthCalibration, clean: bool = False, smooth: int = 0
 ) -> dict[float, dict[str, Any]]:
     """Per-tilt figures over the test items (``smooth``: local planes, smooth_depth)."""
     res: dict[float, dict[str, Any]] = {}
@@ -298,9 +298,11 @@ def evaluate(
     return res
 
 
-def smoothing_table(items: list[dict], cal: DepthCalibration, args: Any) -> None:
+def smoothing_table(items: list[dict[str, Any]], cal: DepthCalibration, args: Any) -> None:
     """Per-patch error vs smoothing radius on the test planes and on curved grids."""
-    rows: list[tuple[str, list[dict], float]] = [("planes 3/6/10/4/8/-6 deg", items, 0.0)]
+    rows: list[tuple[str, list[dict[str, Any]], float]] = [
+        ("planes 3/6/10/4/8/-6 deg", items, 0.0)
+    ]
     for rc in (float(v) for v in args.curved.split(",") if v.strip()):
         curved = make_images(
             [args.curved_tilt] * args.per_curved, args.seed + 1, args.ground_truth_maps, args, rc

@@ -30,7 +30,7 @@ def _estimator() -> tuple[Estimator, str]:
     try:
         return Estimator.load(DEFAULT_MODEL, device=None), f"{DEFAULT_MODEL} (shipped)"
     except Exception as exc:
-        from map_speed import _untrained  # type: ignore[import-not-found]
+        from map_speed import _untrained
 
         print(f"note: no shipped weights ({exc}); using an untrained 'compact' net")
         return _untrained("compact"), "compact (untrained)"
