@@ -106,6 +106,8 @@ def test_texture_lost_in_noise_is_invalid_below_snr_min() -> None:
         return s.degrade_sources(src, kind, cfg=cfg).invalid.tolist()
 
     assert SNR_MIN == DegradeConfig().snr_min == 0.1
+    b = s.degrade_sources(src, kind, cfg=replace(CLEAN, peak_photons=(0.0625,) * 2, poisson=True))
+    assert b.snr is not None and 0.068 < float(b.snr.min()) <= float(b.snr.max()) < 0.076
     assert labels(0.0625, 0.1) == [1.0] * 8
     assert labels(0.0625, 0.05) == [0.0] * 8
     assert labels(0.0625 * 4, 0.1) == [0.0] * 8  # twice the ratio: readable again

@@ -49,3 +49,31 @@ def test_evaluate_runs_on_the_card_ranges(tmp_path: Path, capsys: pytest.Capture
     assert set(report["models"]["lens-z3"]["types"]) >= {"syn", "poi", "tex", "nat", "micr"}
     assert evaluate.main([*args, "--no-sweep", "--ranges", "full", "--out", str(out)]) == 0
     assert "training intervals" not in capsys.readouterr().out
+
+
+class _AlwaysValid(torch.nn.Module):
+    """Raw output 0 everywhere: validity probability 0.5, every patch called valid."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(x.shape[0], self.n) * self.w
+
+
+def test_validity_is_also_scored_clear_of_the_label_rule() -> None:
+    evaluate.BANK_SIZE[0] = 32
+    net = _AlwaysValid(models.ModelCard.for_psf_model("z", "zernike1", "tiny").n_outputs)
+    v = evaluate.validity_by_margin(net, "zernike1", n_batches=4, seed=0, bs=32)
+    # the same patches, labelled by the stream: an always-valid flag is right on the valid
+    s = evaluate._stream("zernike1", dict(evaluate.DEFAULT_TYPES), 0, DegradeConfig(), 64)
+    bs = [s.next(32) for _ in range(4)]
+    inv = torch.cat([b.invalid for b in bs]).bool()
+    ratio = torch.cat([b.snr for b in bs if b.snr is not None])
+    edge = (ratio >= 0.1 / 2**0.5) & (ratio < 0.1 * 2**0.5)
+    assert 0 < float(inv.float().mean()) < 1 and 0 < float(edge.float().mean()) < 0.5
+    assert v["mix_acc"] == pytest.approx(1 - float(inv.float().mean()))
+    assert v["clear_acc"] == pytest.approx(1 - float(inv[~edge].float().mean()))
+    assert v["edge_fraction"] == pytest.approx(float(edge.float().mean()))

@@ -235,7 +235,7 @@ def dihedral_batch(b: Batch, psf_model: str, g: torch.Generator) -> Batch:
     flip = torch.rand(n, generator=g) < 0.5
     tr = torch.rand(n, generator=g) < 0.5
     x, p = _dihedral(psf_model, b.x, b.params, flip, tr)
-    return Batch(x=x, params=p, invalid=b.invalid, weight=b.weight, kind=b.kind)
+    return Batch(x=x, params=p, invalid=b.invalid, weight=b.weight, kind=b.kind, snr=b.snr)
 
 
 class PSFBank:
@@ -312,6 +312,9 @@ class Batch:
     weight: torch.Tensor  # (B,) float, 0 for smooth content
     kind: torch.Tensor  # (B,) int index into SOURCE_TYPES (-1: synthetic black/flat)
     raw: torch.Tensor | None = None  # (B, 128, 128) un-normalised noisy patches
+    # (B,) std of the noise-free blurred patch / noise std, the quantity the label rule
+    # compares with snr_min (inf without noise)
+    snr: torch.Tensor | None = None
 
 
 @dataclass
@@ -504,4 +507,5 @@ class PatchStream:
             weight=weight,
             kind=kind,
             raw=noisy if keep_raw else None,
+            snr=sig / noise,
         )
