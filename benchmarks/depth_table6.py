@@ -206,7 +206,7 @@ def make_images(
         cylinder=0.25, cylinder_axis=math.pi / 4, tilt_axis="x", curvature_radius_um=curvature_um
     )
     tta = args.tta_views if args.tta else False
-    est = None if args.render_only else Estimator.load(args.model, tta=tta)
+    est = None if args.render_only else Estimator.load(args.model, tta=tta, stride=args.stride)
     try:
         from tqdm import tqdm
 
@@ -313,7 +313,8 @@ def smoothing_table(items: list[dict[str, Any]], cal: DepthCalibration, args: An
         "\nsmoothing (smooth_depth, local planes over R patches around each; the `depth` "
         "command's --smooth R): mean per-patch relative error (%), R^2 (lowest)"
     )
-    print("| sample | range (um) | R = 0 | R = 1 (3x3, 123 um) | R = 2 (5x5, 205 um) |")
+    span = [f"{2 * k + 1}x{2 * k + 1}, {(2 * k + 1) * args.stride * PX:.0f} um" for k in (1, 2)]
+    print(f"| sample | range (um) | R = 0 | R = 1 ({span[0]}) | R = 2 ({span[1]}) |")
     print("|---|---|---|---|---|")
     for label, its, rc in rows:
         cells = []
@@ -361,6 +362,12 @@ def main() -> int:
         "--deadzone",
         default="auto",
         help="dead zone of the calibration: auto (fitted, the default) or a width (0: none)",
+    )
+    ap.add_argument(
+        "--stride",
+        type=int,
+        default=64,
+        help="patch stride of the maps (px; the live default 64); calibration and test alike",
     )
     ap.add_argument(
         "--smooth",
