@@ -178,8 +178,9 @@ def eval_types(
     """Table III row: R^2 per test data type (+ smooth content, + validity on black/flat)."""
     rows: dict[str, dict[str, float]] = {}
     cfg = DegradeConfig(invalid_fraction=0.0)
+    pool = max(64, n_batches * bs // 2)
     for t in SOURCE_TYPES:
-        s = _stream(psf_model, {t: 1.0}, seed, cfg, max(64, n_batches * bs // 2), ranges)
+        s = _stream(psf_model, {t: 1.0}, seed, cfg, pool, ranges)
         r = predict(net, psf_model, [s.next(bs) for _ in range(n_batches)])
         rows[t] = score(psf_model, r)
         if t in ("nat", "micr", "tex"):
@@ -202,18 +203,19 @@ def eval_types(
     rows["_validity"] = {
         "textured_acc": float((r["prob"][textured] >= 0.5).float().mean()),
         "black_flat_acc": float((r["prob"][r["inv"] == 1] < 0.5).float().mean()),
-        **validity_by_margin(net, psf_model, n_batches, seed, bs, ranges),
     }
+    # validity on the training mix, also away from the noise label rule's edge
+    mix = _stream(psf_model, dict(DEFAULT_TYPES), seed, DegradeConfig(), pool, ranges)
+    batches = [mix.next(bs) for _ in range(n_batches)]
+    rows["_validity"].update(validity_by_margin(net, psf_model, batches, mix.degrade.snr_min))
     return rows
 
 
 def validity_by_margin(
     net: torch.nn.Module,
     psf_model: str,
-    n_batches: int,
-    seed: int,
-    bs: int,
-    ranges: Ranges = None,
+    batches: list[Batch],
+    snr_min: float,
     margin: float = math.sqrt(2.0),
 ) -> dict[str, float]:
     """Score the validity flag on the training mix, and clear of the label rule's edge.
@@ -223,13 +225,11 @@ def validity_by_margin(
     itself can hardly show: at a ratio of 0.1 the texture adds 1 % to the variance of
     the patch, and a 128 x 128 patch estimates its own variance to about 1 %. So the
     accuracy is also given over the patches whose ratio lies more than a factor
-    ``margin`` from the rule (the rest: ``edge_fraction``).
+    ``margin`` from the rule (the rest: ``edge_fraction``). ``batches`` must come from a
+    :class:`~training.data.PatchStream` labelled with ``snr_min`` (they carry ``snr``).
     """
-    cfg = DegradeConfig()
-    s = _stream(psf_model, dict(DEFAULT_TYPES), seed, cfg, max(64, n_batches * bs // 2), ranges)
-    r = predict(net, psf_model, [s.next(bs) for _ in range(n_batches)])
+    r = predict(net, psf_model, batches)
     right = (r["prob"] >= 0.5) == (r["inv"] == 0)
-    snr_min = SNR_RULE[0] if SNR_RULE[0] is not None else cfg.snr_min
     ratio = r["snr"]
     edge = (ratio >= snr_min / margin) & (ratio < snr_min * margin)
     return {
@@ -248,7 +248,7 @@ def eval_sweep(
     ranges: Ranges = None,
 ) -> dict[str, list[float]]:
     """Fig. 7: R^2 vs degradation strength for each degradation type (mixed test stream)."""
-    types = {"syn": 1.0, "poi": 0.7, "tex": 1.5, "nat": 1.5, "micr": 1.0}
+    types = dict(DEFAULT_TYPES)
     out: dict[str, list[float]] = {}
     for kind in SWEEP:
         vals = []
