@@ -554,7 +554,7 @@ def smooth_depth(
     d = np.asarray(depth, dtype=np.float64)
     if radius == 0:
         return d.astype(np.float32)
-    # All windows at once (about 0.3 ms for a 15 x 15 map, against 10 ms for a plane fit
+    # All windows at once (about 2 ms for a 15 x 15 map, against 10 ms for a plane fit
     # per patch): the normal equations of every window, summed over the (2 radius + 1)^2
     # shifts of the grid, in offsets from the window's own patch (exact zeros where the
     # window is collinear), then one batched pseudo-inverse. The window always holds its
@@ -583,7 +583,7 @@ def smooth_depth(
     U, S, Vt = np.linalg.svd(normal)
     inv = np.where(S > 1e-10 * S[..., :1], 1.0 / np.where(S > 0, S, 1.0), 0.0)
     coef = np.einsum("...ji,...j,...kj,...k->...i", Vt, inv, U, rhs)
-    return np.where(fin, coef[..., 0], np.nan).astype(np.float32)
+    return np.where(fin, coef[..., 0], d).astype(np.float32)  # NaN (or inf) patches stay
 
 
 def _neighbour_windows(
