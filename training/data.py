@@ -313,7 +313,7 @@ class Batch:
     kind: torch.Tensor  # (B,) int index into SOURCE_TYPES (-1: synthetic black/flat)
     raw: torch.Tensor | None = None  # (B, 128, 128) un-normalised noisy patches
     # (B,) std of the noise-free blurred patch / noise std, the quantity the label rule
-    # compares with snr_min (inf without noise)
+    # compares with snr_min (without noise: inf, or NaN for a flat patch)
     snr: torch.Tensor | None = None
 
 
