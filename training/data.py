@@ -47,6 +47,7 @@ __all__ = [
     "DegradeConfig",
     "PSFBank",
     "PatchStream",
+    "Truth",
     "dihedral_batch",
     "draw_ranges",
     "valid_blur",
@@ -303,6 +304,23 @@ class PSFBank:
 
 
 @dataclass
+class Truth:
+    """Everything the degradation of a batch knew except the PSF (for non-blind oracles).
+
+    The expected detector counts of a patch are ``beta * peak * (h * src + background)``
+    over the central 128 x 128 pixels of the "valid" blur; their variance is ``beta^2``
+    times the photons (when ``shot``) plus ``read^2`` (Eq. 10).
+    """
+
+    src: torch.Tensor  # (B, R, R) sharp source region after illumination, source units
+    peak: torch.Tensor  # (B,) photons per source unit
+    beta: torch.Tensor  # (B,) quantum efficiency
+    read: torch.Tensor  # (B,) read-noise SD in counts
+    background: torch.Tensor  # (B,) background in source units
+    shot: torch.Tensor  # (B,) bool: Poisson noise applied (False: idealised or disabled)
+
+
+@dataclass
 class Batch:
     """One batch: normalised patches, public params, labels and bookkeeping."""
 
@@ -315,6 +333,7 @@ class Batch:
     # (B,) std of the noise-free blurred patch / noise std, the quantity the label rule
     # compares with snr_min (without noise: inf, or NaN for a flat patch)
     snr: torch.Tensor | None = None
+    truth: Truth | None = None  # kept on request (``keep_truth``): the PSF-free rest
 
 
 @dataclass
@@ -415,8 +434,12 @@ class PatchStream:
         self._pool_kind[rows] = ks
         self._head = (self._head + len(xs)) % size
 
-    def next(self, batch_size: int, keep_raw: bool = False) -> Batch:
-        """Draw one batch of ``batch_size`` degraded, normalised patches."""
+    def next(self, batch_size: int, keep_raw: bool = False, keep_truth: bool = False) -> Batch:
+        """Draw one batch of ``batch_size`` degraded, normalised patches.
+
+        ``keep_raw`` keeps the un-normalised noisy patches, ``keep_truth`` those and
+        the degradation's :class:`Truth` too; neither changes the random stream.
+        """
         g = self.g
         if self.refresh > 0:
             self._fill(max(1, round(self.refresh * batch_size)))
@@ -432,7 +455,7 @@ class PatchStream:
                 src[m] = torch.rot90(src[m], q, dims=(-2, -1))
         fl = torch.rand(batch_size, generator=g) < 0.5
         src[fl] = src[fl].flip(-1)
-        return self.degrade_sources(src, kind, keep_raw=keep_raw)
+        return self.degrade_sources(src, kind, keep_raw=keep_raw, keep_truth=keep_truth)
 
     def degrade_sources(
         self,
@@ -440,6 +463,7 @@ class PatchStream:
         kind: torch.Tensor,
         keep_raw: bool = False,
         cfg: DegradeConfig | None = None,
+        keep_truth: bool = False,
     ) -> Batch:
         """Degrade sharp source regions (B, R, R) into a :class:`Batch`."""
         g, cfg = self.g, cfg or self.degrade
@@ -500,12 +524,19 @@ class PatchStream:
         )
         x = normalize_patches(noisy[:, None])
         weight = (~smooth | invalid).float()
+        truth = None
+        if keep_truth:
+            poisson = (~clean) & torch.tensor(cfg.poisson)
+            truth = Truth(
+                src, peak[:, 0, 0], beta[:, 0, 0], rr * beta[:, 0, 0] * peak[:, 0, 0], bg, poisson
+            )
         return Batch(
             x=x,
             params=params,
             invalid=invalid.float(),
             weight=weight,
             kind=kind,
-            raw=noisy if keep_raw else None,
+            raw=noisy if keep_raw or keep_truth else None,
             snr=sig / noise,
+            truth=truth,
         )
