@@ -82,7 +82,8 @@ def test_mode_search_finds_both_widths_from_a_far_start() -> None:
     truth = ceiling._take(b.truth, ok)
     starts = torch.full((len(ok), 2, 2), 4.0)  # the middle of the range, two chains
     starts[:, 1] = torch.tensor([1.0, 7.0])
-    mode, ll = ceiling.refine_mode("gaussian2", truth, b.raw[ok], starts, rounds=10)
+    search = ceiling.patch_loglik("gaussian2", truth, b.raw[ok])
+    mode, ll = ceiling.refine_mode("gaussian2", search, starts, rounds=10)
     assert torch.allclose(mode, b.params[ok], atol=0.1)
     ll_true = ceiling.log_likelihood("gaussian2", truth, b.raw[ok], b.params[ok]).diagonal()
     assert torch.all(ll >= ll_true - 2.0)

@@ -3,7 +3,8 @@
 Usage::
 
     python -m training.ceiling --model zernike3 --patches 256 --samples 1024
-    python -m training.ceiling --model zernike1 --patches 512 --samples 512 --tta
+    python -m training.ceiling --model zernike1 --patches 512 --samples 256 --tta
+    python -m training.ceiling --model zernike1 --patches 512 --degradation mixed --strength 0.5
 
 The network sees only the degraded patch. This oracle is told everything else the
 degradation knew (:class:`training.data.Truth`): the sharp source region after
@@ -20,7 +21,9 @@ limit of many photons; a patch of the mix has at least 20 at its peak).
 
 The patches are those of the mixed test stream that ``training.evaluate`` scores the
 validity flag on (``DEFAULT_TYPES``, the same seed and kernel bank); R^2 is Eq. 15 over the
-textured patches (a0 = 0, not smooth), as everywhere in ``training``.
+textured patches (a0 = 0, not smooth), as everywhere in ``training``. ``--degradation``
+replaces the recipe's noise by one point of the Fig. 7 sweep (not ``illumination``: the
+oracle's noise model has no 8-bit quantisation).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import itertools
 import math
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -40,10 +44,26 @@ from psf_live.psf import Optics, get_model, next_fast_len, render_psf
 from psf_live.psf._formation import irfft2
 
 from .data import DEFAULT_TYPES, PATCH, Batch, DegradeConfig, Truth, draw_ranges
-from .evaluate import BANK_SIZE, DihedralMean, Ranges, _fmt_table, _stream, card_ranges, predict
+from .evaluate import (
+    BANK_SIZE,
+    SWEEP,
+    DihedralMean,
+    Ranges,
+    _fmt_table,
+    _stream,
+    card_ranges,
+    predict,
+    sweep_config,
+)
 from .metrics import r2_report
 
-__all__ = ["log_likelihood", "posterior_mean", "prior_samples"]
+__all__ = [
+    "log_likelihood",
+    "patch_loglik",
+    "posterior_mean",
+    "prior_samples",
+    "refine_mode",
+]
 
 SNR_BANDS = (0.1, 0.3, 1.0, 3.0, math.inf)
 """Edges of the texture/noise ratio bands the comparison is broken down by."""
@@ -179,8 +199,7 @@ _FIELDS = ("src", "peak", "beta", "read", "background", "shot")
 
 def refine_mode(
     psf_model: str,
-    truth: Truth,
-    raw: torch.Tensor,
+    loglik: Callable[[int, torch.Tensor], torch.Tensor],
     starts: torch.Tensor,
     ranges: Ranges = None,
     rounds: int = 8,
@@ -201,10 +220,11 @@ def refine_mode(
     Parameters
     ----------
     psf_model : str
-    truth, raw
-        As for :func:`log_likelihood`, P patches.
+    loglik : callable
+        ``loglik(i, params)``: the log-likelihoods (J,) of patch ``i`` under the
+        candidate PSFs ``params`` (J, N), e.g. a row of :func:`log_likelihood`.
     starts : torch.Tensor
-        (P, K, N) starting parameters of K chains per patch.
+        (P, K, N) starting parameters of K chains for each of P patches.
     ranges : dict of str -> (float, float), optional
         The prior's intervals.
     rounds, per_round : int
@@ -226,27 +246,23 @@ def refine_mode(
     period = math.pi if psf_model == "zernike3" else math.pi / 2
     is_axis = torch.tensor([n == "axis" for n in names])
     g = torch.Generator().manual_seed(seed)
-    n_chain = starts.shape[1]
-    mode = torch.empty(len(raw), len(names))
-    mode_ll = torch.empty(len(raw), dtype=torch.float64)
-    for i in tqdm(range(len(raw)), desc="mode search", unit="patch", disable=not progress):
-        one = _take(truth, slice(i, i + 1))
+    n_patch, n_chain = starts.shape[:2]
+    mode = torch.empty(n_patch, len(names))
+    mode_ll = torch.empty(n_patch, dtype=torch.float64)
+    chains = torch.arange(n_chain)
+    for i in tqdm(range(n_patch), desc="mode search", unit="patch", disable=not progress):
         best = starts[i].float().clone()
-        best_ll = log_likelihood(psf_model, one, raw[i : i + 1], best)[0]
+        best_ll = loglik(i, best).double()
         spread = (hi - lo) / 8
         for _ in range(rounds):
             noise = torch.randn(n_chain, per_round, len(names), generator=g)
             cand = best[:, None] + spread * noise
             cand = torch.where(is_axis, torch.remainder(cand, period), cand)
-            cand = torch.maximum(torch.minimum(cand, hi), lo).reshape(-1, len(names))
-            ll = log_likelihood(psf_model, one, raw[i : i + 1], cand)[0]
-            top, j = ll.reshape(n_chain, per_round).max(dim=1)
+            cand = torch.maximum(torch.minimum(cand, hi), lo)
+            ll = loglik(i, cand.reshape(-1, len(names))).double().reshape(n_chain, per_round)
+            top, j = ll.max(dim=1)
             better = top > best_ll
-            best = torch.where(
-                better[:, None],
-                cand.reshape(n_chain, per_round, -1)[torch.arange(n_chain), j],
-                best,
-            )
+            best = torch.where(better[:, None], cand[chains, j], best)
             best_ll = torch.where(better, top, best_ll)
             spread = spread / 2
         k = int(best_ll.argmax())
@@ -254,9 +270,23 @@ def refine_mode(
     return mode, mode_ll
 
 
-def _draw(psf_model: str, n: int, seed: int, bs: int, ranges: Ranges) -> list[Batch]:
+def patch_loglik(
+    psf_model: str, truth: Truth, raw: torch.Tensor
+) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """``loglik(i, params)`` of :func:`log_likelihood` for one patch at a time."""
+
+    def one(i: int, params: torch.Tensor) -> torch.Tensor:
+        return log_likelihood(psf_model, _take(truth, slice(i, i + 1)), raw[i : i + 1], params)[0]
+
+    return one
+
+
+def _draw(
+    psf_model: str, n: int, seed: int, bs: int, ranges: Ranges, cfg: DegradeConfig | None = None
+) -> list[Batch]:
     """Draw the mixed test stream's first ``n`` patches, with their truth."""
-    mix = _stream(psf_model, dict(DEFAULT_TYPES), seed, DegradeConfig(), max(64, n // 2), ranges)
+    cfg = cfg or DegradeConfig()
+    mix = _stream(psf_model, dict(DEFAULT_TYPES), seed, cfg, max(64, n // 2), ranges)
     return [mix.next(min(bs, n - i), keep_truth=True) for i in range(0, n, bs)]
 
 
@@ -279,6 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--bank-size", type=int, default=512, help="Zernike kernels of the test")
+    p.add_argument(
+        "--degradation",
+        choices=[k for k in SWEEP if k != "illumination"],
+        default=None,
+        help="a Fig. 7 sweep degradation instead of the training recipe's noise "
+        "(the same patches as training.evaluate's sweep point with --batches patches/64)",
+    )
+    p.add_argument("--strength", type=float, default=0.5, help="its strength, 0..0.5")
     p.add_argument("--tta", action="store_true", help="also score the network with TTA")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
@@ -289,7 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     BANK_SIZE[0] = a.bank_size
     net, card = load_model(a.model)
     pm, ranges = card.psf_model, card_ranges(card)
-    batches = _draw(pm, a.patches, a.seed, a.batch_size, ranges)
+    cfg, stream = DegradeConfig(), "the mixed test stream"
+    if a.degradation:
+        cfg = sweep_config(a.degradation, a.strength)[0]
+        stream += f", {a.degradation} degradation at strength {a.strength:g}"
+    batches = _draw(pm, a.patches, a.seed, a.batch_size, ranges, cfg)
     nets = {f"{card.name} ({card.arch})": net}
     if a.tta:
         nets[f"{card.name} + TTA"] = DihedralMean(net, pm)
@@ -310,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     mean, ess = posterior_mean(pm, ll, samples)
     starts = samples[ll.topk(a.chains, dim=1).indices]
-    mode, _ = refine_mode(pm, truth, raw, starts, ranges, seed=a.seed, progress=True)
+    search = patch_loglik(pm, truth, raw)
+    mode, _ = refine_mode(pm, search, starts, ranges, seed=a.seed, progress=True)
     rows["oracle, mode search"] = r2_report(pm, mode, true)
     best = torch.where((ess >= 2)[:, None], mean, mode)
     rows["oracle (mean, or mode where ess<2)"] = r2_report(pm, best, true)
@@ -321,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     if pm in ("zernike2", "zernike3"):
         cols += ["astig_c", "astig_s"]
     cols += ["r2", "ess<2", "n"]
-    print(_fmt_table(f"R^2 ceiling: {card.name} ({pm}) on the mixed test stream", rows, cols))
+    print(_fmt_table(f"R^2 ceiling: {card.name} ({pm}) on {stream}", rows, cols))
     print(
         f"oracle: told the sharp source and the noise; posterior mean over {a.samples} "
         "prior PSFs, and each patch's most likely PSF by a local search; "
