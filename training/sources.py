@@ -63,8 +63,13 @@ def _norm01(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) / (hi - lo).clamp_min(1e-8)
 
 
-def fractal_noise(n: int, r: int, g: torch.Generator) -> torch.Tensor:
-    """1/f^beta noise (beta in [1, 2.2]); sometimes thresholded to sharp-edged binary patterns."""
+def fractal_noise(n: int, r: int, g: torch.Generator, binary: float = 0.3) -> torch.Tensor:
+    """1/f^beta noise (beta in [1, 2.2]); a fraction ``binary`` thresholded to sharp edges.
+
+    The amplitude spectrum is ``|f|^-beta`` (power ``|f|^-2 beta``) with random phases: a
+    Gaussian random field, rescaled to [0, 1]. ``binary = 0`` keeps every field Gaussian
+    and draws the same random numbers (the same fields).
+    """
     f = torch.fft.fftfreq(r)
     rad = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2).clamp_min(1.0 / r)
     beta = _uniform(n, 1.0, 2.2, g)[:, None, None]
@@ -72,7 +77,7 @@ def fractal_noise(n: int, r: int, g: torch.Generator) -> torch.Tensor:
     ph = torch.randn(n, r, r, generator=g) + 1j * torch.randn(n, r, r, generator=g)
     x = torch.fft.ifft2(amp * ph).real.float()
     x = _norm01(x)
-    thr = torch.rand(n, generator=g) < 0.3
+    thr = torch.rand(n, generator=g) < binary
     if thr.any():
         t = _uniform(n, 0.35, 0.65, g)[:, None, None]
         x = torch.where(thr[:, None, None], (x > t).float() * 0.8 + 0.2 * x, x)
