@@ -21,6 +21,7 @@ def test_periodogram_of_white_noise_is_its_variance() -> None:
     # a 2 x 2 mean of exponential bins whose Hann-window neighbours correlate by 4/9
     # (the window's DFT is [-1/4, 1/2, -1/4]): sd / mean = sqrt(676 / 81) / 4 = 0.722
     assert float(pg.std() / pg.mean()) == pytest.approx(0.722, abs=0.03)
+    assert whittle.DOF == pytest.approx((9.0 / float(pg.std())) ** 2, rel=0.1)
 
 
 def test_spectral_model_is_power_law_times_mtf() -> None:
