@@ -67,3 +67,16 @@ def test_whittle_estimates_gaussian_widths_blind() -> None:
     rel = ((est[:, 0] - b.params[ok, 0]) / b.params[ok, 0]).abs()
     assert int(ok.sum()) >= 6
     assert float(rel.median()) < 0.1
+
+
+def test_cli_scores_the_network_whittle_and_oracle(capsys: pytest.CaptureFixture) -> None:
+    args = ["--model", "gaussian1", "--patches", "16", "--samples", "32", "--oracle"]
+    assert whittle.main(args) == 0
+    out = capsys.readouterr().out
+    assert "Gaussian fractal textures" in out
+
+    def r2(prefix: str) -> float:
+        return float(next(ln for ln in out.splitlines() if ln.startswith(prefix)).split("|")[2])
+
+    assert r2("| Whittle posterior mean") > 0.5  # blind, on a texture family it knows
+    assert r2("| oracle (non-blind") > max(r2("| Whittle posterior mean"), r2("| gaussian1 ("))

@@ -38,7 +38,7 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
-from psf_live.models import load_model
+from psf_live.models import ModelCard, load_model
 from psf_live.nets import get_codec
 from psf_live.psf import Optics, get_model, next_fast_len, render_psf
 from psf_live.psf._formation import irfft2
@@ -59,6 +59,7 @@ from .metrics import r2_report
 
 __all__ = [
     "log_likelihood",
+    "oracle_estimate",
     "patch_loglik",
     "posterior_mean",
     "prior_samples",
@@ -281,6 +282,49 @@ def patch_loglik(
     return one
 
 
+def oracle_estimate(
+    psf_model: str,
+    truth: Truth,
+    raw: torch.Tensor,
+    samples: torch.Tensor,
+    chains: int,
+    ranges: Ranges = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Estimate as the ceiling does: the posterior mean, or the mode where samples are too few.
+
+    Returns
+    -------
+    estimate : torch.Tensor
+        (P, N) the posterior mean over ``samples``, or where its effective number of
+        samples is below 2 (the posterior narrower than their spacing) the mode found by
+        :func:`refine_mode` from the ``chains`` best samples.
+    loglik : torch.Tensor
+        (P, S) the samples' log-likelihoods (:func:`log_likelihood`).
+    mode : torch.Tensor
+        (P, N) the modes.
+    """
+    ll = log_likelihood(psf_model, truth, raw, samples, progress=progress)
+    mean, ess = posterior_mean(psf_model, ll, samples)
+    starts = samples[ll.topk(chains, dim=1).indices]
+    search = patch_loglik(psf_model, truth, raw)
+    mode, _ = refine_mode(psf_model, search, starts, ranges, seed=seed, progress=progress)
+    return torch.where((ess >= 2)[:, None], mean, mode), ll, mode
+
+
+def setup(
+    p: argparse.ArgumentParser, a: argparse.Namespace, min_chains: int
+) -> tuple[torch.nn.Module, ModelCard]:
+    """Check the options shared with ``training.whittle``, set threads and the test bank."""
+    if a.samples < 4 or a.patches < 8 or not min_chains <= a.chains <= a.samples:
+        p.error(f"--samples must be >= 4, --patches >= 8 and --chains {min_chains}..samples")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    BANK_SIZE[0] = a.bank_size
+    return load_model(a.model)
+
+
 def _draw(
     psf_model: str, n: int, seed: int, bs: int, ranges: Ranges, cfg: DegradeConfig | None = None
 ) -> list[Batch]:
@@ -320,12 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tta", action="store_true", help="also score the network with TTA")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
-    if a.samples < 4 or a.patches < 8 or not 1 <= a.chains <= a.samples:
-        p.error("--samples must be >= 4, --patches >= 8 and --chains 1..samples")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    BANK_SIZE[0] = a.bank_size
-    net, card = load_model(a.model)
+    net, card = setup(p, a, min_chains=1)
     pm, ranges = card.psf_model, card_ranges(card)
     cfg, stream = DegradeConfig(), "the mixed test stream"
     if a.degradation:
@@ -342,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     true = first["true"][keep]
     samples = prior_samples(pm, a.samples, a.seed, ranges)
     t0 = time.perf_counter()
-    ll = log_likelihood(pm, truth, raw, samples, progress=True)
+    best, ll, mode = oracle_estimate(
+        pm, truth, raw, samples, a.chains, ranges, seed=a.seed, progress=True
+    )
     rows = {name: r2_report(pm, r["pred"][keep], true) for name, r in preds.items()}
     for s in sorted({a.samples // 4, a.samples // 2, a.samples}):
         est, ess = posterior_mean(pm, ll[:, :s], samples[:s])
@@ -350,12 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             **r2_report(pm, est, true),
             "ess<2": float((ess < 2).float().mean()),
         }
-    mean, ess = posterior_mean(pm, ll, samples)
-    starts = samples[ll.topk(a.chains, dim=1).indices]
-    search = patch_loglik(pm, truth, raw)
-    mode, _ = refine_mode(pm, search, starts, ranges, seed=a.seed, progress=True)
     rows["oracle, mode search"] = r2_report(pm, mode, true)
-    best = torch.where((ess >= 2)[:, None], mean, mode)
     rows["oracle (mean, or mode where ess<2)"] = r2_report(pm, best, true)
     took = time.perf_counter() - t0
     for row in rows.values():

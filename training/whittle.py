@@ -29,19 +29,18 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
-from psf_live.models import load_model
 from psf_live.psf import Optics, get_model, render_psf
 
 from .ceiling import (
     _cat_truth,
-    log_likelihood,
-    patch_loglik,
+    oracle_estimate,
     posterior_mean,
     prior_samples,
     refine_mode,
+    setup,
 )
 from .data import PATCH, Batch, DegradeConfig, PatchStream
-from .evaluate import BANK_SIZE, DihedralMean, _fmt_table, _stream, card_ranges, predict
+from .evaluate import DihedralMean, _fmt_table, _stream, card_ranges, predict
 from .metrics import r2_report
 from .sources import SOURCE_TYPES, fractal_noise
 
@@ -209,12 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bank-size", type=int, default=512, help="Zernike kernels of the test")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
-    if a.samples < 4 or a.patches < 8 or not 0 <= a.chains <= a.samples:
-        p.error("--samples must be >= 4, --patches >= 8 and --chains 0..samples")
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    BANK_SIZE[0] = a.bank_size
-    net, card = load_model(a.model)
+    net, card = setup(p, a, min_chains=0)
     pm, ranges = card.psf_model, card_ranges(card)
     stream = _stream(pm, {"tex": 1.0}, a.seed, DegradeConfig(invalid_fraction=0.0), 64, ranges)
     batches = [fractal_batch(stream, min(64, a.patches - i)) for i in range(0, a.patches, 64)]
@@ -245,13 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         rows["Whittle maximum likelihood"] = r2_report(pm, blind, true)
     took = time.perf_counter() - t0
     if a.oracle:
-        oll = log_likelihood(pm, truth, raw, samples, progress=True)
-        mean, ess = posterior_mean(pm, oll, samples)
-        ostarts = samples[oll.topk(max(a.chains, 4), dim=1).indices]
-        mode, _ = refine_mode(pm, patch_loglik(pm, truth, raw), ostarts, ranges, seed=a.seed)
-        rows["oracle (non-blind, training.ceiling)"] = r2_report(
-            pm, torch.where((ess >= 2)[:, None], mean, mode), true
-        )
+        best = oracle_estimate(pm, truth, raw, samples, 8, ranges, a.seed, progress=True)[0]
+        rows["oracle (non-blind, training.ceiling)"] = r2_report(pm, best, true)
     for row in rows.values():
         row["n"] = float(len(true))
     cols = [*card.param_names]
