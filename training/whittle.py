@@ -1,22 +1,23 @@
-"""A classical blind reference: Whittle maximum likelihood on Gaussian fractal textures.
+"""A classical blind reference: the Whittle posterior mean on Gaussian fractal textures.
 
 Usage::
 
-    python -m training.whittle --model zernike3 --patches 256
-    python -m training.whittle --model zernike1 --patches 256 --oracle
+    python -m training.whittle --model zernike3 --patches 256 --samples 512
+    python -m training.whittle --model zernike1 --patches 256 --samples 256 --oracle
 
 The network's test R^2 is far below the non-blind ceiling of ``training.ceiling``, which is
 told the sharp source. Between the two lies the blind problem: soft texture and blur look
-alike. This module measures how well a blind estimator that is *not* a network does on
-textures where the optimal blind estimator is known in form: Gaussian random fields with
-a power spectrum ``A |f|^(-2 beta)`` (the unthresholded fractal noise of the [tex] and
-[syn] sources). Blurred and noisy, their periodogram has the expectation
-``A |f|^(-2 beta) |H(f)|^2 + N`` (N: white Eq. 10 noise), with exponential scatter. The
-Whittle likelihood of the patch's Hann-windowed periodogram is maximised over the PSF
-(prior samples, then the local search of ``training.ceiling``), ``beta`` on a grid, and
-``A`` and ``N`` in closed form by iteratively reweighted least squares. It uses no phase
-and knows only the texture family, not the texture. Where it beats the network on the same
-patches, the network, not the data, is what limits R^2 on them.
+alike. This module measures how well a blind estimator that is *not* a network does on a
+texture family whose statistics are known: Gaussian random fields with a power spectrum
+``A |f|^(-2 beta)`` (the unthresholded fractal noise of the [tex] and [syn] sources).
+Blurred and noisy, their periodogram has the expectation ``A |f|^(-2 beta) |H(f)|^2 + N``
+(N: white Eq. 10 noise) with exponential scatter, and a Gaussian field's phases say nothing
+about the PSF. Each prior PSF is scored by the Whittle likelihood of the patch's
+Hann-windowed periodogram (an asymptotically efficient approximation of the exact Gaussian
+likelihood), profiled over ``A`` and ``N`` (iteratively reweighted least squares) and
+``beta`` (a grid); the estimate is the posterior mean (``--chains`` adds the maximum, found by
+the local search of ``training.ceiling``). It knows the texture family, not the texture.
+Where it beats the network on the same patches, the data hold more than the network reads.
 """
 
 from __future__ import annotations
