@@ -55,7 +55,7 @@ from .evaluate import (
     predict,
     sweep_config,
 )
-from .metrics import r2_report
+from .metrics import axis_period, r2_report
 
 __all__ = [
     "log_likelihood",
@@ -68,6 +68,12 @@ __all__ = [
 
 SNR_BANDS = (0.1, 0.3, 1.0, 3.0, math.inf)
 """Edges of the texture/noise ratio bands the comparison is broken down by."""
+
+
+def _prior_box(psf_model: str, ranges: Ranges) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper ends (N,) of the prior's intervals (:func:`draw_ranges`)."""
+    rng = draw_ranges(psf_model, ranges)
+    return torch.tensor([r[0] for r in rng]), torch.tensor([r[1] for r in rng])
 
 
 def prior_samples(psf_model: str, n: int, seed: int = 0, ranges: Ranges = None) -> torch.Tensor:
@@ -89,10 +95,8 @@ def prior_samples(psf_model: str, n: int, seed: int = 0, ranges: Ranges = None) 
     torch.Tensor
         (n, N) float32 public parameters.
     """
-    rng = draw_ranges(psf_model, ranges)
-    lo = torch.tensor([r[0] for r in rng])
-    hi = torch.tensor([r[1] for r in rng])
-    u = torch.quasirandom.SobolEngine(len(rng), scramble=True, seed=seed).draw(n)
+    lo, hi = _prior_box(psf_model, ranges)
+    u = torch.quasirandom.SobolEngine(len(lo), scramble=True, seed=seed).draw(n)
     return lo + u.float() * (hi - lo)
 
 
@@ -241,10 +245,8 @@ def refine_mode(
         (P,) their log-likelihoods.
     """
     names = get_model(psf_model).param_names
-    rng = draw_ranges(psf_model, ranges)
-    lo = torch.tensor([r[0] for r in rng])
-    hi = torch.tensor([r[1] for r in rng])
-    period = math.pi if psf_model == "zernike3" else math.pi / 2
+    lo, hi = _prior_box(psf_model, ranges)
+    period = axis_period(psf_model)
     is_axis = torch.tensor([n == "axis" for n in names])
     g = torch.Generator().manual_seed(seed)
     n_patch, n_chain = starts.shape[:2]

@@ -8,9 +8,14 @@ import torch
 
 from psf_live.nets import get_codec
 
-__all__ = ["AXIS_MIN_CYLINDER", "r2_report", "r2_score"]
+__all__ = ["AXIS_MIN_CYLINDER", "axis_period", "r2_report", "r2_score"]
 
 AXIS_MIN_CYLINDER = 0.05  # waves RMS: below, the astigmatism axis is undefined and not scored
+
+
+def axis_period(psf_model: str) -> float:
+    """Period of the astigmatism axis: pi for zernike3, pi / 2 for zernike2 (no focus)."""
+    return math.pi if psf_model == "zernike3" else math.pi / 2
 
 
 def r2_score(pred: torch.Tensor, true: torch.Tensor, err: torch.Tensor | None = None) -> float:
@@ -34,7 +39,7 @@ def r2_report(psf_model: str, pred: torch.Tensor, true: torch.Tensor) -> dict[st
     for j, name in enumerate(codec.param_names):
         p, t = pred[:, j], true[:, j]
         if name == "axis":
-            period = math.pi if psf_model == "zernike3" else math.pi / 2
+            period = axis_period(psf_model)
             m = true[:, j - 1] >= AXIS_MIN_CYLINDER
             d = torch.remainder(p[m] - t[m] + period / 2, period) - period / 2
             tt = torch.remainder(t[m], period)
