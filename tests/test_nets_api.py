@@ -7,7 +7,7 @@ from psf_live.nets import ARCHS, build_net, get_codec, normalize_patches
 from psf_live.psf import PSF_MODELS, get_model
 
 
-@pytest.mark.parametrize("arch", ["compact", "spectral", "tiny"])
+@pytest.mark.parametrize("arch", ["compact", "spectral", "spectral-deep", "spectral-wide", "tiny"])
 def test_build_net_shapes(arch: str) -> None:
     net = build_net(arch, 5).eval()
     with torch.no_grad():

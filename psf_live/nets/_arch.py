@@ -7,7 +7,7 @@ from torch import nn
 
 __all__ = ["ARCHS", "LogPowerSpectrum", "SpectralNet", "build_net"]
 
-ARCHS = ("compact", "spectral", "resnet34", "resnext50", "tiny")
+ARCHS = ("compact", "spectral", "spectral-wide", "spectral-deep", "resnet34", "resnext50", "tiny")
 
 
 class MeanMaxPool(nn.Module):
@@ -124,17 +124,25 @@ class SpectralNet(nn.Module):
         Channels of the first stage; later stages use 2x and 4x.
     size : int
         Patch side.
+    deep : bool
+        One more 3 x 3 conv/BN/ReLU block (same channels, stride 1) after each of the
+        last three stages.
     """
 
-    def __init__(self, n_outputs: int, width: int = 16, size: int = 128) -> None:
+    def __init__(
+        self, n_outputs: int, width: int = 16, size: int = 128, deep: bool = False
+    ) -> None:
         super().__init__()
         w = width
         self.spectrum = LogPowerSpectrum(size)
         self.features = nn.Sequential(
             *_cbr(1, w, stride=2),  # 64 x 32 -> 32 x 16
             *_cbr(w, 2 * w),
+            *(_cbr(2 * w, 2 * w) if deep else []),
             *_cbr(2 * w, 4 * w, stride=2),  # 16 x 8
+            *(_cbr(4 * w, 4 * w) if deep else []),
             *_cbr(4 * w, 4 * w, stride=2),  # 8 x 4
+            *(_cbr(4 * w, 4 * w) if deep else []),
         )
         n_flat = 4 * w * (size // 16) * (size // 32)
         self.head = nn.Sequential(
@@ -179,11 +187,15 @@ def build_net(arch: str, n_outputs: int) -> nn.Module:
 
     Parameters
     ----------
-    arch : {"compact", "spectral", "resnet34", "resnext50", "tiny"}
+    arch : str
+        One of :data:`ARCHS`.
         ``"compact"``: spatial CNN for live use (~78k parameters); ``"spectral"``:
         CNN on the patch's log power spectrum (:class:`SpectralNet`, ~330k parameters);
-        ``"resnet34"`` / ``"resnext50"``: torchvision models with a 1-channel stem
-        and ``n_outputs`` outputs, as in the paper; ``"tiny"``: for tests.
+        ``"spectral-deep"``: the same with one more 3 x 3 block per stage (~410k; a
+        trained ``"spectral"`` net grows into it, ``training.grow``);
+        ``"spectral-wide"``: twice the channels (~770k); ``"resnet34"`` /
+        ``"resnext50"``: torchvision models with a 1-channel stem and ``n_outputs``
+        outputs, as in the paper; ``"tiny"``: for tests.
     n_outputs : int
         Number of outputs (1 validity logit + regression targets, see
         :class:`OutputCodec`).
@@ -200,6 +212,10 @@ def build_net(arch: str, n_outputs: int) -> nn.Module:
         return CompactNet(n_outputs)
     if arch == "spectral":
         return SpectralNet(n_outputs)
+    if arch == "spectral-wide":
+        return SpectralNet(n_outputs, width=32)
+    if arch == "spectral-deep":
+        return SpectralNet(n_outputs, deep=True)
     if arch == "tiny":
         return TinyNet(n_outputs)
     if arch in ("resnet34", "resnext50"):
