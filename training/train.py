@@ -53,7 +53,11 @@ from .data import (
     dihedral_batch,
     draw_ranges,
 )
+from .grow import deepen
 from .metrics import r2_report
+
+GROWABLE = {("spectral", "spectral-deep")}
+"""(trained arch, deeper arch) pairs ``--init`` grows (:func:`training.grow.deepen`)."""
 
 
 def loss_fn(
@@ -201,7 +205,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--init",
         default=None,
         help="start from this model's weights (shipped name or .pt, same arch); from "
-        "another PSF model, all but the output layer (transfer)",
+        "another PSF model, all but the output layer (transfer); a spectral model of the "
+        "same PSF model grows into --arch spectral-deep (extra blocks start as identities)",
     )
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default=None)
@@ -279,13 +284,35 @@ def main(argv: list[str] | None = None) -> int:
     stream_kw.update(extra)
     torch.manual_seed(args.seed)
     net = build_net(args.arch, codec.n_outputs).to(device)
+    grow = False
     if args.init and not (args.resume and out.with_suffix(".ckpt").exists()):
         init_net, init_card = load_model(args.init)
-        if init_card.arch != args.arch:
+        grow = (init_card.arch, args.arch) in GROWABLE and init_card.psf_model == pm.name
+        if init_card.arch != args.arch and not grow:
             raise SystemExit(
                 f"--init {args.init}: a {init_card.psf_model}/{init_card.arch} model, "
                 f"this run trains {pm.name}/{args.arch}"
             )
+    if args.init and grow:
+        # the deeper network starts as the trained one (training.grow), its extra blocks
+        # set up on a batch of training patches of a stream of its own
+        probe = PatchStream(
+            pm.name,
+            "train",
+            train_seed + 7_000_003,
+            degrade=degrade,
+            bank_size=64,
+            pool=64,
+            **extra,
+        )
+        added = deepen(net, init_net, probe.next(args.batch_size).x.to(device))
+        if main_rank:
+            print(
+                f"--init {args.init}: grown from {init_card.arch}, identity blocks "
+                f"at convolutions {added}",
+                flush=True,
+            )
+    elif args.init and not (args.resume and out.with_suffix(".ckpt").exists()):
         # same PSF model: every tensor; another one (transfer): all but the output layer
         own = net.state_dict()
         src = {k: v for k, v in init_net.state_dict().items() if v.shape == own[k].shape}
