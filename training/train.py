@@ -284,7 +284,6 @@ def main(argv: list[str] | None = None) -> int:
     stream_kw.update(extra)
     torch.manual_seed(args.seed)
     net = build_net(args.arch, codec.n_outputs).to(device)
-    grow = False
     if args.init and not (args.resume and out.with_suffix(".ckpt").exists()):
         init_net, init_card = load_model(args.init)
         grow = (init_card.arch, args.arch) in GROWABLE and init_card.psf_model == pm.name
@@ -293,36 +292,37 @@ def main(argv: list[str] | None = None) -> int:
                 f"--init {args.init}: a {init_card.psf_model}/{init_card.arch} model, "
                 f"this run trains {pm.name}/{args.arch}"
             )
-    if args.init and grow:
-        # the deeper network starts as the trained one (training.grow), its extra blocks
-        # set up on a batch of training patches of a stream of its own
-        probe = PatchStream(
-            pm.name,
-            "train",
-            train_seed + 7_000_003,
-            degrade=degrade,
-            bank_size=64,
-            pool=64,
-            **extra,
-        )
-        added = deepen(net, init_net, probe.next(args.batch_size).x.to(device))
-        if main_rank:
-            print(
-                f"--init {args.init}: grown from {init_card.arch}, identity blocks "
-                f"at convolutions {added}",
-                flush=True,
+        if grow:
+            # the deeper network starts as the trained one (training.grow), its extra
+            # blocks set up on a batch of training patches of a stream of its own
+            probe = PatchStream(
+                pm.name,
+                "train",
+                train_seed + 7_000_003,
+                degrade=degrade,
+                bank_size=64,
+                pool=64,
+                **extra,
             )
-    elif args.init and not (args.resume and out.with_suffix(".ckpt").exists()):
-        # same PSF model: every tensor; another one (transfer): all but the output layer
-        own = net.state_dict()
-        src = {k: v for k, v in init_net.state_dict().items() if v.shape == own[k].shape}
-        net.load_state_dict(src, strict=False)
-        if main_rank and len(src) < len(own):
-            print(
-                f"--init {args.init} ({init_card.psf_model}): {len(src)} of {len(own)} "
-                f"tensors transferred, re-initialised: {', '.join(sorted(set(own) - set(src)))}",
-                flush=True,
-            )
+            added = deepen(net, init_net, probe.next(args.batch_size).x.to(device))
+            if main_rank:
+                print(
+                    f"--init {args.init}: grown from {init_card.arch}, identity blocks "
+                    f"at convolutions {added}",
+                    flush=True,
+                )
+        else:
+            # same PSF model: every tensor; another one (transfer): all but the output layer
+            own = net.state_dict()
+            src = {k: v for k, v in init_net.state_dict().items() if v.shape == own[k].shape}
+            net.load_state_dict(src, strict=False)
+            if main_rank and len(src) < len(own):
+                fresh = ", ".join(sorted(set(own) - set(src)))
+                print(
+                    f"--init {args.init} ({init_card.psf_model}): {len(src)} of {len(own)} "
+                    f"tensors transferred, re-initialised: {fresh}",
+                    flush=True,
+                )
 
     def held_out(split: str, bank_size: int, pool: int) -> PatchStream:
         """Build the validation or test stream: same data recipe, its own sources."""

@@ -191,8 +191,8 @@ def build_net(arch: str, n_outputs: int) -> nn.Module:
         One of :data:`ARCHS`.
         ``"compact"``: spatial CNN for live use (~78k parameters); ``"spectral"``:
         CNN on the patch's log power spectrum (:class:`SpectralNet`, ~330k parameters);
-        ``"spectral-deep"``: the same with one more 3 x 3 block per stage (~410k; a
-        trained ``"spectral"`` net grows into it, ``training.grow``);
+        ``"spectral-deep"``: the same with one more 3 x 3 block after each of its last
+        three stages (~410k; a trained ``"spectral"`` net grows into it, ``training.grow``);
         ``"spectral-wide"``: twice the channels (~770k); ``"resnet34"`` /
         ``"resnext50"``: torchvision models with a 1-channel stem and ``n_outputs``
         outputs, as in the paper; ``"tiny"``: for tests.
