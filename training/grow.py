@@ -79,8 +79,7 @@ def deepen(net: nn.Module, trained: nn.Module, x: torch.Tensor) -> list[int]:
         keeps_shape = odd and conv.stride == (1, 1) and conv.padding == (k[0] // 2, k[1] // 2)
         if conv.in_channels != conv.out_channels or not keeps_shape or conv.groups != 1:
             raise ValueError(f"convolution {i} ({conv}) matches no trained layer")
-        conv.weight.zero_()
-        nn.init.dirac_(conv.weight)
+        nn.init.dirac_(conv.weight)  # zeros, then the centre tap of channel c -> c
         if conv.bias is not None:
             conv.bias.zero_()
         extra.append(i)
