@@ -254,7 +254,8 @@ def calibrate_depth(
     axis: str = typer.Option(
         "x",
         "--axis",
-        help="x: depth varies along x, positive tilt = +x side farther from the objective.",
+        help="x: depth varies along x, positive tilt = +x side farther from the objective; "
+        "y likewise along y; xy along the field diagonal (+x +y corner farther).",
     ),
     pixel_size_um: float = typer.Option(
         None, "--pixel-size-um", help="Object pixel size (default 0.64, or the scope's)."
@@ -312,13 +313,14 @@ def calibrate_depth(
         check_lens_axis,
         parse_tilts,
     )
+    from psf_live.psf import TILT_AXES
 
     try:
         tilts = parse_tilts(tilt_deg)
     except ValueError as exc:
         raise fail(str(exc)) from None
-    if axis not in ("x", "y"):
-        raise fail(f"--axis must be x or y, got {axis!r}")
+    if axis not in TILT_AXES:
+        raise fail(f"--axis must be x, y or xy, got {axis!r}")
     if tta and tta_views not in (2, 4, 8):
         raise fail(f"--tta-views must be 2, 4 or 8, got {tta_views}")
     if not 0.0 < spread_quantile <= 1.0:
@@ -373,7 +375,7 @@ def calibrate_depth(
             est,
             frames,
             frame_tilts,
-            axis=axis,  # type: ignore[arg-type]
+            axis=axis,
             pixel_size_um=px,
             features=features,
             lens_axis=math.radians(lens_axis_deg),
@@ -427,8 +429,9 @@ def _acquire_depth_calibration(  # type: ignore[no-untyped-def]
         if set_sim_tilt is not None:
             set_sim_tilt(t, k)
         elif k == 0:
+            side = "+x +y corner" if axis == "xy" else f"+{axis} side"
             typer.prompt(
-                f"Tilt the grid by {t:+g} deg along {axis} (+{axis} side farther from the "
+                f"Tilt the grid by {t:+g} deg along {axis} ({side} farther from the "
                 "objective), in-focus line through the centre; press Enter",
                 default="",
                 show_default=False,
@@ -711,7 +714,9 @@ def simulate(
     output: str = typer.Option(..., "--output", "-o", help="Frame TIFF to write (uint16)."),
     sample: str = typer.Option("grid", help="grid, cells, points, or a TIFF path."),
     tilt_deg: float = typer.Option(6.0, "--tilt-deg", help="Sample tilt in degrees."),
-    axis: str = typer.Option("x", help="Axis along which the depth varies (x or y)."),
+    axis: str = typer.Option(
+        "x", help="Axis along which the depth varies: x, y or xy (the field diagonal)."
+    ),
     astigmatism: float = typer.Option(
         0.25, help="Cylindrical-lens astigmatism, waves RMS at 45 deg (0: no lens)."
     ),

@@ -78,6 +78,41 @@ def test_true_depth_geometry_and_sign():
     assert np.allclose(dy, dy[:, :1]) and dy[0, 0] > 0 > dy[-1, 0]
 
 
+def test_diagonal_tilt_geometry_plane_and_calibration():
+    """axis "xy": depth along (+x +y)/sqrt(2), as the simulator renders it; the fitted
+    plane reports that tilt along the diagonal; a calibration fits on such images."""
+    d = true_depth_grid(CY, CX, 6.0, "xy", PX, SHAPE)
+    s = ((CY[:, None] - 511.5) + (CX[None, :] - 511.5)) / math.sqrt(2.0)
+    np.testing.assert_allclose(d, s * PX * math.tan(math.radians(6.0)))
+    sim = pytest.importorskip("psf_live.sim")
+    truth = sim.depth_map(SHAPE, 0.0, sim.Scene(tilt_deg=6.0, tilt_axis="xy"), PX)
+    np.testing.assert_allclose(
+        d, truth[CY.round().astype(int)][:, CX.round().astype(int)], atol=0.1
+    )
+    plane = fit_depth_plane(d, CY, CX, PX, SHAPE)
+    assert plane.along("xy") == pytest.approx(6.0, abs=1e-6)
+    # 6 deg along the diagonal is atan(tan(6) / sqrt(2)) along each of x and y
+    assert plane.tilt_x_deg == pytest.approx(plane.tilt_y_deg, abs=1e-9)
+    assert plane.tilt_x_deg == pytest.approx(math.degrees(math.atan(0.1051 / 1.4142)), abs=1e-3)
+    px = fit_depth_plane(true_depth_grid(CY, CX, -4.0, "x", PX, SHAPE), CY, CX, PX, SHAPE)
+    assert px.along("x") == pytest.approx(-4.0) and px.along("y") == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="tilt axis"):
+        true_depth_grid(CY, CX, 6.0, "z", PX, SHAPE)  # type: ignore[arg-type]
+    rng = np.random.default_rng(4)
+    maps = [
+        synthetic_psf_map(true_depth_grid(CY, CX, t, "xy", PX, SHAPE), CY, CX, SHAPE, rng=rng)
+        for t in (3, 6, 10)
+    ]
+    cal = fit_calibration(maps, [3, 6, 10], axis="xy", pixel_size_um=PX)
+    assert cal.tilt_axis == "xy" and cal.report["r2"] > 0.99
+    test = synthetic_psf_map(true_depth_grid(CY, CX, 8, "xy", PX, SHAPE), CY, CX, SHAPE, rng=rng)
+    err = np.nanmean(np.abs(depth_map(test, cal) - true_depth_grid(CY, CX, 8, "xy", PX, SHAPE)))
+    assert err < 1.0
+    # the same maps read as tilted along x do not fit: the geometry matters
+    with pytest.raises(CalibrationError):
+        fit_calibration(maps, [3, 6, 10], axis="x", pixel_size_um=PX)
+
+
 def test_synthetic_map_matches_sim_convention():
     """Beyond focus (d > 0) the map reads the lens axis, so Eq. 14 is negative there."""
     sim = pytest.importorskip("psf_live.sim")

@@ -182,10 +182,15 @@ def test_simulate_cli(tmp_path: Path) -> None:
     with tifffile.TiffFile(out) as tf:
         xres = tf.pages[0].tags["XResolution"].value
         assert xres[1] / xres[0] == pytest.approx(0.64, rel=1e-3)
+    diag = tmp_path / "diag.tif"
+    res = CliRunner().invoke(app, ["simulate", "--axis", "xy", "--size", "32", "-o", str(diag)])
+    assert res.exit_code == 0, res.output
+    dd = tifffile.imread(tmp_path / "diag_depth.tif")
+    assert dd[-1, -1] > 0 > dd[0, 0] and dd[0, -1] == pytest.approx(0.0, abs=1e-4)
     res = CliRunner().invoke(
         app, ["simulate", "--axis", "z", "--size", "32", "-o", str(tmp_path / "f.tif")]
     )
-    assert res.exit_code == 1 and "axis must be 'x' or 'y'" in res.output
+    assert res.exit_code == 1 and "axis must be one of x, y, xy" in res.output
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")

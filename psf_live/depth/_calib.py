@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from ..psf import TiltAxis, plane_depth, tilt_direction
 from ._metric import (
     DEFAULT_LENS_AXIS,
     FEATURE_SETS,
@@ -57,7 +58,7 @@ def true_depth_grid(
     centers_y: npt.ArrayLike,
     centers_x: npt.ArrayLike,
     tilt_deg: float,
-    axis: Literal["x", "y"],
+    axis: TiltAxis,
     pixel_size_um: float,
     shape: tuple[int, int],
 ) -> np.ndarray:
@@ -65,8 +66,11 @@ def true_depth_grid(
 
     Convention (the simulator's, kept in every calibration file): ``axis="x"`` means the
     depth varies along x (columns; the plane is rotated about y) and a positive tilt puts
-    the +x side *farther* from the objective. Depth is ``sample - focal plane``, positive
-    beyond the focal plane: ``depth = (x - (W - 1) / 2) * pixel_size * tan(tilt)``.
+    the +x side *farther* from the objective; ``"y"`` likewise along rows; ``"xy"`` along
+    the field diagonal (+x +y corner farther; the depth ranges of the paper's Section
+    III-E). Depth is ``sample - focal plane``, positive beyond the focal plane, e.g.
+    ``depth = (x - (W - 1) / 2) * pixel_size * tan(tilt)`` for ``"x"``
+    (:func:`psf_live.psf.plane_depth`).
 
     Parameters
     ----------
@@ -74,7 +78,7 @@ def true_depth_grid(
         Patch centres (pixels) along rows / columns.
     tilt_deg : float
         Tilt of the plane in degrees.
-    axis : {"x", "y"}
+    axis : {"x", "y", "xy"}
         Direction along which the depth varies.
     pixel_size_um : float
         Object-space pixel size.
@@ -86,17 +90,7 @@ def true_depth_grid(
     numpy.ndarray
         (rows, cols) float64 depth in micrometres.
     """
-    cy = np.asarray(centers_y, dtype=np.float64)
-    cx = np.asarray(centers_x, dtype=np.float64)
-    if axis not in ("x", "y"):
-        raise ValueError(f"tilt axis must be 'x' or 'y', got {axis!r}")
-    slope = math.tan(math.radians(tilt_deg)) * float(pixel_size_um)
-    h, w = int(shape[0]), int(shape[1])
-    if axis == "x":
-        prof = (cx - (w - 1) / 2.0) * slope
-        return np.broadcast_to(prof[None, :], (cy.size, cx.size)).copy()
-    prof = (cy - (h - 1) / 2.0) * slope
-    return np.broadcast_to(prof[:, None], (cy.size, cx.size)).copy()
+    return plane_depth(centers_y, centers_x, tilt_deg, axis, pixel_size_um, shape)
 
 
 def robust_lstsq(
@@ -211,7 +205,7 @@ class DepthCalibration:
     lens_axis : float
         Cylindrical lens axis (radians) used by the ``signed`` features.
     tilt_axis : str
-        Axis along which the calibration grid was tilted (``x`` or ``y``).
+        Axis along which the calibration grid was tilted (``x``, ``y`` or ``xy``).
     pixel_size_um : float
         Object-space pixel size of the calibration images.
     network : dict
@@ -676,6 +670,18 @@ class PlaneTilt:
     residual_um: float
     n_used: int
 
+    def along(self, axis: TiltAxis) -> float:
+        """Tilt in degrees along a tilt axis (``"xy"``: the field diagonal).
+
+        The slope of the plane in the direction ``(dy, dx)`` of
+        :func:`psf_live.psf.tilt_direction`, ``atan(dy tan(tilt_y) + dx tan(tilt_x))``:
+        the tilt a grid tilted along ``axis`` was given.
+        """
+        dy, dx = tilt_direction(axis)
+        slope = dy * math.tan(math.radians(self.tilt_y_deg))
+        slope += dx * math.tan(math.radians(self.tilt_x_deg))
+        return math.degrees(math.atan(slope))
+
     def line(self) -> str:
         """One human-readable line."""
         return (
@@ -746,7 +752,7 @@ def fit_calibration(
     maps: Sequence[Any],
     tilts_deg: Sequence[float],
     *,
-    axis: Literal["x", "y"] = "x",
+    axis: TiltAxis = "x",
     pixel_size_um: float = 0.64,
     features: str = "signed",
     lens_axis: float = DEFAULT_LENS_AXIS,
@@ -768,7 +774,7 @@ def fit_calibration(
         zernike3 maps of the calibration images (in-focus line through the centre).
     tilts_deg : sequence of float
         Tilt of each image (same length as ``maps``).
-    axis : {"x", "y"}
+    axis : {"x", "y", "xy"}
         Direction along which the depth varies (see :func:`true_depth_grid`).
     pixel_size_um : float
         Object-space pixel size.

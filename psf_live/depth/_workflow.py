@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from ..psf import TiltAxis
 from ._calib import (
     MIN_R2,
     SPREAD_QUANTILE,
@@ -88,7 +89,7 @@ def calibrate_frames(
     frames: Iterable[np.ndarray],
     tilts_deg: Sequence[float],
     *,
-    axis: Literal["x", "y"] = "x",
+    axis: TiltAxis = "x",
     pixel_size_um: float = 0.64,
     features: str = "signed",
     lens_axis: float = DEFAULT_LENS_AXIS,

@@ -35,6 +35,7 @@ from pymmcore_plus.experimental.unicore import (
     pymm_property,
 )
 
+from ..psf import TILT_AXES
 from ._microscope import SimMicroscope, SimSettings
 from ._noise import CameraModel
 
@@ -153,7 +154,8 @@ class SimCamera(SimpleCameraDevice):
     Properties (besides ``Exposure``, ``Gain``, ``Offset``, ``Binning``):
     ``Sample`` (grid, cells, points, image), ``SampleImagePath``, ``SampleSeed``,
     ``SampleOffsetXUm``, ``SampleOffsetYUm``, ``SampleZUm``, ``TiltDeg``,
-    ``TiltAxis`` (x, y), ``CylinderWaves`` (0 = no lens), ``CylinderAxisDeg``,
+    ``TiltAxis`` (x, y, xy: the field diagonal), ``CylinderWaves`` (0 = no lens),
+    ``CylinderAxisDeg``,
     ``PhotonsPerMs``, ``ReadNoiseE``, ``BitDepth``, ``SensorWidth``,
     ``SensorHeight``, ``PixelSizeUm``, ``NoiseSeed``, ``FocusDevice``,
     ``FailAtFrame`` (frame k, counted from when it is set, and every later frame
@@ -328,7 +330,7 @@ class SimCamera(SimpleCameraDevice):
     def tilt_deg(self, value: float) -> None:
         self.scope.update(tilt_deg=float(value))
 
-    @pymm_property(name="TiltAxis", allowed_values=("x", "y"), property_type="string")
+    @pymm_property(name="TiltAxis", allowed_values=TILT_AXES, property_type="string")
     def tilt_axis(self) -> str:
         """Axis along which the depth varies (x: plane rotated about y)."""
         return self.scope.settings.scene.tilt_axis

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..psf import TILT_AXES
 from ._microscope import SimMicroscope, SimSettings
 from ._scene import DEFAULT_CYLINDER_WAVES, Scene
 
@@ -38,8 +39,8 @@ def simulate_to_tiff(
         ``grid``, ``cells``, ``points`` or a TIFF path.
     tilt_deg : float
         Sample tilt in degrees (+: the +axis side farther from the objective).
-    axis : {"x", "y"}
-        Axis along which the depth varies.
+    axis : {"x", "y", "xy"}
+        Axis along which the depth varies ("xy": the field diagonal).
     astigmatism : float
         Cylindrical-lens astigmatism in waves RMS at 45 degrees; 0: no lens.
     z_um : float
@@ -65,11 +66,11 @@ def simulate_to_tiff(
         raise FileNotFoundError(f"{out.parent}: output folder does not exist")
     if size < 16:
         raise ValueError(f"size must be >= 16 pixels, got {size}")
-    if axis not in ("x", "y"):
-        raise ValueError(f"axis must be 'x' or 'y', got {axis!r}")
+    if axis not in TILT_AXES:
+        raise ValueError(f"axis must be one of {', '.join(TILT_AXES)}; got {axis!r}")
     scene = Scene(
         tilt_deg=float(tilt_deg),
-        tilt_axis="x" if axis == "x" else "y",
+        tilt_axis=axis,
         cylinder=float(astigmatism),
     )
     settings = SimSettings(shape=(size, size), sample="grid", sample_seed=seed, scene=scene)

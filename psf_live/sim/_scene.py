@@ -7,8 +7,10 @@ Conventions (used everywhere in psf-live):
 * The sample is a plane through ``(centre of the field, sample_z_um)`` tilted
   by ``tilt_deg``. ``tilt_axis="x"`` means the depth varies along x (columns):
   the plane is rotated about the y axis, and a positive tilt puts the +x side
-  farther from the objective. ``"y"`` likewise along rows. The in-focus line
-  (for ``z_um == sample_z_um``) passes through the centre of the field.
+  farther from the objective. ``"y"`` likewise along rows, ``"xy"`` along the
+  field diagonal (+x +y side farther; the depth range of the paper's Section III-E,
+  :mod:`psf_live.psf._plane`). The in-focus line (for ``z_um == sample_z_um``)
+  passes through the centre of the field.
 * ``curvature_radius_um`` bends that plane into a paraboloid (a spherical cap for
   small sag): ``+ r^2 / (2 R)`` with ``r`` the distance from the centre of the field,
   so with ``R > 0`` the sample curves away from the objective towards the edges.
@@ -28,12 +30,20 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
-from ..psf import Optics, OverlapAdd, convolve, defocus_um_to_waves, zernike_psf
+from ..psf import (
+    TILT_AXES,
+    Optics,
+    OverlapAdd,
+    TiltAxis,
+    convolve,
+    defocus_um_to_waves,
+    plane_depth,
+    zernike_psf,
+)
 
 __all__ = [
     "DEFAULT_CYLINDER_AXIS",
@@ -51,8 +61,6 @@ DEFAULT_CYLINDER_WAVES = 0.25
 DEFAULT_CYLINDER_AXIS = math.pi / 4
 """Axis of the simulated cylindrical lens, radians (45 degrees)."""
 
-TiltAxis = Literal["x", "y"]
-
 
 @dataclass(frozen=True)
 class Scene:
@@ -63,8 +71,8 @@ class Scene:
     tilt_deg : float
         Tilt of the sample plane in degrees (positive: the +axis side is farther
         from the objective).
-    tilt_axis : {"x", "y"}
-        Direction along which the depth varies.
+    tilt_axis : {"x", "y", "xy"}
+        Direction along which the depth varies ("xy": the field diagonal).
     sample_z_um : float
         Height of the sample plane at the centre of the field, in stage
         coordinates (micrometres).
@@ -86,8 +94,10 @@ class Scene:
     curvature_radius_um: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.tilt_axis not in ("x", "y"):
-            raise ValueError(f"tilt axis must be 'x' or 'y', got {self.tilt_axis!r}")
+        if self.tilt_axis not in TILT_AXES:
+            raise ValueError(
+                f"tilt axis must be one of {', '.join(TILT_AXES)}; got {self.tilt_axis!r}"
+            )
         if not -80.0 < self.tilt_deg < 80.0:
             raise ValueError(f"tilt must be within (-80, 80) degrees, got {self.tilt_deg}")
         if self.cylinder < 0:
@@ -113,7 +123,7 @@ class SceneRender:
 
 
 def depth_profile(n: int, z_um: float, scene: Scene, pixel_size_um: float) -> np.ndarray:
-    """Depth in micrometres along the tilted axis, for ``n`` pixels.
+    """Depth in micrometres along an axis-aligned tilt ("x" or "y"), for ``n`` pixels.
 
     Parameters
     ----------
@@ -158,14 +168,19 @@ def depth_map(
     Returns
     -------
     numpy.ndarray
-        Float32 array of ``shape``; constant along the axis that is not tilted
-        unless the sample is curved.
+        Float32 array of ``shape``; constant across the tilt direction unless the
+        sample is curved.
     """
     h, w = int(shape[0]), int(shape[1])
     if scene.tilt_axis == "x":
         d = np.broadcast_to(depth_profile(w, z_um, scene, pixel_size_um)[None, :], (h, w))
-    else:
+    elif scene.tilt_axis == "y":
         d = np.broadcast_to(depth_profile(h, z_um, scene, pixel_size_um)[:, None], (h, w))
+    else:
+        plane = plane_depth(
+            np.arange(h), np.arange(w), scene.tilt_deg, scene.tilt_axis, pixel_size_um, (h, w)
+        )
+        d = scene.sample_z_um + plane - z_um
     if scene.curvature_radius_um:
         y = (np.arange(h) - (h - 1) / 2.0) * pixel_size_um
         x = (np.arange(w) - (w - 1) / 2.0) * pixel_size_um
@@ -240,7 +255,8 @@ def render_scene(
     varies along one axis only, one kernel per position along that axis is rendered
     and used for the whole row/column of the grid (a 1 x C grid whose single mask
     along the other axis is 1: exactly the R x C operator with repeated kernels); a
-    curved sample gets the full 2D grid, one kernel per node.
+    curved sample, or a plane tilted along the diagonal ("xy"), gets the full 2D grid,
+    one kernel per node.
 
     Parameters
     ----------
@@ -286,8 +302,8 @@ def render_scene(
         raise ValueError("grid_step must be >= 1")
     hp, wp = int(x.shape[0]), int(x.shape[1])
     h, w = hp - 2 * margin, wp - 2 * margin
-    if scene.curvature_radius_um:
-        return _render_curved(x, z_um, scene, optics, margin, photons, grid_step, device)
+    if scene.curvature_radius_um or (scene.tilt_axis == "xy" and scene.tilt_deg != 0.0):
+        return _render_2d(x, z_um, scene, optics, margin, photons, grid_step, device)
     along_x = scene.tilt_axis == "x"
     n_axis = wp if along_x else hp
     profile = depth_profile(n_axis, z_um, scene, optics.pixel_size_um)
@@ -312,7 +328,7 @@ def render_scene(
     return SceneRender(image=image.contiguous(), depth_um=depth.contiguous())
 
 
-def _render_curved(
+def _render_2d(
     x: torch.Tensor,
     z_um: float,
     scene: Scene,
@@ -322,7 +338,7 @@ def _render_curved(
     grid_step: int,
     device: torch.device | str,
 ) -> SceneRender:
-    """:func:`render_scene` for a curved sample: kernels on a 2D grid of nodes."""
+    """:func:`render_scene` for a curved or diagonally tilted sample: a 2D grid of kernels."""
     hp, wp = int(x.shape[0]), int(x.shape[1])
     h, w = hp - 2 * margin, wp - 2 * margin
     depth_padded = depth_map((hp, wp), z_um, scene, optics.pixel_size_um)
@@ -331,14 +347,17 @@ def _render_curved(
     node_depth = depth_padded[np.ix_(ny, nx)].astype(np.float64).ravel()
     focus = np.array([defocus_um_to_waves(float(d), optics) for d in node_depth], np.float32)
     r = kernel_radius_px(float(np.abs(focus).max()), scene.cylinder, optics)
-    ft = torch.as_tensor(focus, device=device)
+    # nodes at the same depth share a kernel (a diagonal tilt has one depth per
+    # anti-diagonal of the grid, a curved sample one per radius): render each once
+    unique, inverse = np.unique(focus, return_inverse=True)
+    ft = torch.as_tensor(unique, device=device)
     kernels = zernike_psf(
         ft,
         torch.full_like(ft, scene.cylinder),
         torch.full_like(ft, scene.cylinder_axis),
         2 * r + 1,
         optics,
-    )
+    )[torch.as_tensor(inverse.ravel(), device=device)]
     op = OverlapAdd((hp, wp), ny.astype(np.float64), nx.astype(np.float64), kernels, device=device)
     blurred = op.forward(x)
     image = blurred[margin : margin + h, margin : margin + w].clamp_min(0.0) * float(photons)
