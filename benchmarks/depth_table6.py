@@ -43,6 +43,7 @@ import numpy as np
 from psf_live.depth import (
     FEATURE_SETS,
     DepthCalibration,
+    beyond_reach,
     clean_depth,
     depth_full,
     depth_map,
@@ -270,9 +271,10 @@ def evaluate(
     res: dict[float, dict[str, Any]] = {}
     for it in items:
         m = it["map"]
-        est = depth_map(m, cal)
+        est = depth_map(m, cal, reach=not clean)  # as psf_live.depth.frame_depth
         if clean:
             est = clean_depth(est, m.centers_y, m.centers_x)
+            est = np.where(beyond_reach(m, cal), np.nan, est)
         if smooth:
             est = smooth_depth(est, m.centers_y, m.centers_x, radius=smooth)
         truth = it.get("truth_grid")
@@ -399,6 +401,13 @@ def main() -> int:
         help="dead zone of the calibration: auto (fitted, the default) or a width (0: none)",
     )
     ap.add_argument(
+        "--reach",
+        default="auto",
+        choices=["auto", "none"],
+        help="leave out patches beyond the network's reach (fit_calibration's max_metric: "
+        "auto, the default) or keep them (none)",
+    )
+    ap.add_argument(
         "--stride",
         type=int,
         default=64,
@@ -482,6 +491,7 @@ def main() -> int:
                 axis=args.tilt_axis,
                 spread_quantile=args.spread_quantile,
                 deadzone=deadzone,
+                max_metric="auto" if args.reach == "auto" else None,
             )
         except Exception as exc:  # non-monotone cubic etc.
             print(f"  {f + ' ' + fit:<22}  refused: {exc}")
@@ -505,6 +515,12 @@ def main() -> int:
         f"coefficients [{coefs}], dead zone {cal.deadzone:.3f}, calibration R^2 "
         f"{cal.report['r2']:.4f}, residual {cal.report['rms_um']:.2f} um RMS"
     )
+    reach = cal.reach_um()
+    if reach is not None:
+        print(
+            f"patches beyond the network's reach (|metric| > {cal.max_metric:.3f}, about "
+            f"{reach:.1f} um from focus, where its focus output stops growing) are left out"
+        )
     if cal.max_spread_um is not None:
         print(
             f"patches whose TTA views disagree by more than {cal.max_spread_um:.2f} um (SD) "

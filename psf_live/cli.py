@@ -401,6 +401,13 @@ def calibrate_depth(
         f"(inliers {r['r2_inliers']:.4f}), residual {r['rms_um']:.2f} um RMS, "
         f"{r['n_outliers']}/{r['n_patches']} outliers -> {output}"
     )
+    reach = cal.reach_um()
+    if reach is not None:
+        typer.echo(
+            f"depth maps leave out patches beyond the network's reach (|metric| > "
+            f"{cal.max_metric:.3g}, about {reach:.1f} um from focus: its focus output "
+            "stops growing there)"
+        )
     if cal.max_spread_um is not None:
         typer.echo(
             f"depth maps leave out patches whose TTA views disagree by more than "

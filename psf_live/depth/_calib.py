@@ -30,12 +30,14 @@ __all__ = [
     "FitReport",
     "ImageFit",
     "PlaneTilt",
+    "beyond_reach",
     "clean_depth",
     "depth_full",
     "depth_map",
     "depth_spread",
     "fit_calibration",
     "fit_depth_plane",
+    "metric_reach",
     "robust_lstsq",
     "smooth_depth",
     "true_depth_grid",
@@ -237,6 +239,11 @@ class DepthCalibration:
     deadzone : float
         Width of the :func:`~psf_live.depth.dead_zone` applied to the base metric
         before the model (its unit; 0, no dead zone, in older files).
+    max_metric : float or None
+        The network's reach (:func:`metric_reach`): depth maps leave out the patches
+        whose ``|base metric|`` exceeds it, where the network's focus output no longer
+        grows with the defocus, so that their depth cannot be read; None (no limit)
+        when the calibration images did not go beyond the reach, and in older files.
     """
 
     features: str
@@ -254,6 +261,7 @@ class DepthCalibration:
     fit: str = "inverse"
     max_spread_um: float | None = None
     deadzone: float = 0.0
+    max_metric: float | None = None
     version: int = CALIBRATION_VERSION
     source: str = field(default="", compare=False)
     """File the calibration was read from (not saved; used in error messages)."""
@@ -326,7 +334,18 @@ class DepthCalibration:
             raise ValueError(f"expected {n} finite coefficients, got {cal.coef}")
         if not (math.isfinite(float(cal.deadzone)) and float(cal.deadzone) >= 0):
             raise ValueError(f"deadzone must be a finite width >= 0, got {cal.deadzone}")
+        if cal.max_metric is not None and not float(cal.max_metric) > 0:
+            raise ValueError(f"max_metric must be > 0 or null, got {cal.max_metric}")
         return cal
+
+    def reach_um(self) -> float | None:
+        """Distance from focus (um) at the network's reach ``max_metric``; None without one."""
+        if self.max_metric is None:
+            return None
+        m = float(self.max_metric)
+        x = design_matrix(dead_zone(np.array([m, -m]), self.deadzone), self.features)
+        d = x @ np.asarray(self.coef, dtype=np.float64)
+        return float(abs(d[0] - d[1]) / 2.0)
 
     def save(self, path: str | Path) -> Path:
         """Write the calibration as JSON, atomically (no half-written file); return the path."""
@@ -369,7 +388,7 @@ def _map_parts(psf_map: Any) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], d
     return params, valid, tuple(psf_map.param_names), dict(getattr(psf_map, "meta", {}) or {})
 
 
-def depth_map(psf_map: Any, calibration: DepthCalibration) -> np.ndarray:
+def depth_map(psf_map: Any, calibration: DepthCalibration, *, reach: bool = True) -> np.ndarray:
     """Depth per patch in micrometres from a zernike3 PSF map.
 
     Parameters
@@ -379,13 +398,19 @@ def depth_map(psf_map: Any, calibration: DepthCalibration) -> np.ndarray:
         ``param_names``, ``meta`` with the network's name and sha256).
     calibration : DepthCalibration
         Calibration made with the same network.
+    reach : bool
+        Leave out the patches beyond the network's reach (:func:`beyond_reach`; the
+        default). :func:`~psf_live.depth.frame_depth` keeps them until
+        :func:`clean_depth` has compared every patch with its neighbours (a patch whose
+        sign flipped stands out against them) and leaves them out after.
 
     Returns
     -------
     numpy.ndarray
-        (rows, cols) float32 depth (sample minus focal plane), NaN where invalid, and,
-        when the calibration has a ``max_spread_um`` and the map its TTA views, NaN
-        where the views disagree by more than it (:func:`depth_spread`).
+        (rows, cols) float32 depth (sample minus focal plane), NaN where invalid, where
+        the patch lies beyond the network's reach (``max_metric``, with ``reach``) and,
+        when the calibration has a ``max_spread_um`` and the map its TTA views, where
+        the views disagree by more than it (:func:`depth_spread`).
 
     Raises
     ------
@@ -396,12 +421,36 @@ def depth_map(psf_map: Any, calibration: DepthCalibration) -> np.ndarray:
     calibration.check_network(meta)
     d = calibration.predict(params, names)
     keep = valid
+    if reach:
+        keep = keep & ~beyond_reach(psf_map, calibration)
     limit = calibration.max_spread_um
     if limit is not None:
         spread = depth_spread(psf_map, calibration)
         if spread is not None:
-            keep = valid & (spread <= limit)
+            keep = keep & (spread <= limit)
     return np.where(keep, d, np.nan).astype(np.float32)
+
+
+def beyond_reach(psf_map: Any, calibration: DepthCalibration) -> np.ndarray:
+    """Return the valid patches beyond the network's reach, whose depth cannot be read.
+
+    Parameters
+    ----------
+    psf_map : PSFMap
+        Map from the calibration's network.
+    calibration : DepthCalibration
+        Its ``max_metric`` (:func:`metric_reach`) bounds the readable ``|base metric|``.
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, cols) bool; all False when the calibration has no reach.
+    """
+    params, valid, names, _ = _map_parts(psf_map)
+    if calibration.max_metric is None:
+        return np.zeros(valid.shape, dtype=bool)
+    base = base_metric(params, names, calibration.features, calibration.lens_axis)
+    return np.asarray(valid & (np.abs(base) > float(calibration.max_metric)), dtype=bool)
 
 
 def depth_spread(psf_map: Any, calibration: DepthCalibration) -> np.ndarray | None:
@@ -760,6 +809,7 @@ def fit_calibration(
     fit: str = "forward",
     spread_quantile: float | None = SPREAD_QUANTILE,
     deadzone: float | Literal["auto"] = "auto",
+    max_metric: float | Literal["auto"] | None = "auto",
 ) -> DepthCalibration:
     """Fit a depth calibration on PSF maps of a tilted grid of known geometry.
 
@@ -806,6 +856,11 @@ def fit_calibration(
         (its unit). ``"auto"`` (default) tries no dead zone and the 1st to 30th
         percentiles of ``|metric|`` over the calibration patches and keeps the width
         with the least mean absolute depth error; 0 switches it off.
+    max_metric : float, "auto" or None
+        The network's reach: patches whose ``|base metric|`` exceeds it are left out of
+        the fit and of depth maps. ``"auto"`` (default) measures it on the calibration
+        patches (:func:`metric_reach`: where the metric stops growing with the true
+        depth); None keeps every patch.
 
     Returns
     -------
@@ -858,6 +913,15 @@ def fit_calibration(
     base = np.concatenate(xs)
     y = np.concatenate(ys)
     ii = np.concatenate(idx)
+    reach = metric_reach(base, y) if max_metric == "auto" else max_metric
+    if reach is not None:
+        if not (isinstance(reach, (int, float)) and float(reach) > 0):
+            raise CalibrationError(f"max_metric must be 'auto', None or > 0, got {reach!r}")
+        inside = np.abs(base) <= float(reach)
+        if all(inside[ii == i].any() for i in range(len(maps))):
+            base, y, ii = base[inside], y[inside], ii[inside]
+        else:  # an image entirely beyond it: no limit rather than an image without data
+            reach = None
     if fit not in ("inverse", "forward"):
         raise CalibrationError(f"unknown fit {fit!r} (inverse or forward)")
     if fit == "inverse" and features.endswith("-cubic"):
@@ -938,6 +1002,7 @@ def fit_calibration(
         tilts_deg=[float(t) for t in tilts_deg],
         fit=fit,
         deadzone=float(width),
+        max_metric=None if reach is None else float(reach),
     )
     if spread_quantile is None or spread_quantile >= 1.0:
         return cal
@@ -966,6 +1031,7 @@ def fit_calibration(
             fit=fit,
             spread_quantile=None,
             deadzone=deadzone,
+            max_metric=cal.max_metric,
         )
     except CalibrationError:
         refit = cal
@@ -1038,6 +1104,66 @@ def _fit_coef(
                 "linear model (eq14 or signed)"
             )
     return coef, w
+
+
+def metric_reach(
+    metric: npt.ArrayLike,
+    depth_um: npt.ArrayLike,
+    *,
+    bins: int = 12,
+    min_count: int = 20,
+    ratio: float = 0.5,
+) -> float | None:
+    """Return the ``|metric|`` beyond which a network stops telling depths apart.
+
+    A network's focus output follows the defocus up to some blur and then levels off
+    (on the simulated grid with ``zernike3-lens45``: true 0.6-0.7 waves read 0.63, true
+    0.7-1.2 waves all read 0.68-0.74), so a depth read there is a guess. The patches
+    are binned by ``|true depth|`` (``bins`` equal bins up to the deepest); the
+    medians of ``|metric|`` per bin (bins with ``min_count`` patches or more) form the
+    response curve, and its slope over the first half of the bins is the reference.
+    The reach is the median ``|metric|`` of the last bin before the first step, in the
+    upper half, whose slope falls below ``ratio`` x the reference.
+
+    Parameters
+    ----------
+    metric : array_like
+        Base metric of the calibration patches (signed; its magnitude is used).
+    depth_um : array_like
+        Their true depth (signed; its magnitude is used).
+    bins, min_count, ratio : int, int, float
+        Binning and the flatness threshold (see above).
+
+    Returns
+    -------
+    float or None
+        The reach, or None when the response never levels off (every depth readable)
+        or too few bins are filled to tell.
+    """
+    m = np.abs(np.asarray(metric, dtype=np.float64)).ravel()
+    d = np.abs(np.asarray(depth_um, dtype=np.float64)).ravel()
+    ok = np.isfinite(m) & np.isfinite(d)
+    m, d = m[ok], d[ok]
+    if d.size == 0 or not float(d.max()) > 0:
+        return None
+    k = np.minimum((d / float(d.max()) * bins).astype(np.int64), bins - 1)
+    med_d, med_m = [], []
+    for b in range(bins):
+        s = k == b
+        if int(s.sum()) >= min_count:
+            med_d.append(float(np.median(d[s])))
+            med_m.append(float(np.median(m[s])))
+    if len(med_d) < 4:
+        return None
+    slopes = np.diff(med_m) / np.diff(med_d)
+    half = len(slopes) // 2
+    ref = float(np.median(slopes[:half]))
+    if not ref > 0:
+        return None
+    for i in range(half, len(slopes)):
+        if slopes[i] < ratio * ref:
+            return med_m[i]
+    return None
 
 
 def _spread_limit(spreads: Sequence[np.ndarray | None], quantile: float) -> float:

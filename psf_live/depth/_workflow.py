@@ -19,6 +19,7 @@ from ._calib import (
     SPREAD_QUANTILE,
     DepthCalibration,
     PlaneTilt,
+    beyond_reach,
     clean_depth,
     depth_full,
     depth_map,
@@ -162,7 +163,8 @@ class FrameDepth:
 
     ``n_valid``: patches the network called valid; ``n_spread``: of those, left out
     because their test-time-augmentation views disagree (:func:`depth_spread`);
-    ``n_cleaned``: then left out by :func:`clean_depth`.
+    ``n_cleaned``: then left out by :func:`clean_depth`; ``n_beyond``: then left out
+    as beyond the network's reach (:func:`beyond_reach`).
     """
 
     grid: np.ndarray
@@ -173,6 +175,7 @@ class FrameDepth:
     n_valid: int = 0
     n_spread: int = 0
     n_cleaned: int = 0
+    n_beyond: int = 0
 
     def line(self) -> str:
         """How many patches the depth rests on, and why the others were left out."""
@@ -182,6 +185,8 @@ class FrameDepth:
             why.append(f"{self.n_spread} whose views disagree")
         if self.n_cleaned:
             why.append(f"{self.n_cleaned} off their neighbours")
+        if self.n_beyond:
+            why.append(f"{self.n_beyond} beyond the network's reach")
         out = f"depth on {used} of {self.grid.size} patches ({self.n_valid} valid"
         return out + (f"; left out: {', '.join(why)})" if why else ")")
 
@@ -207,13 +212,18 @@ def frame_depth(
         The mapper's network is not the calibration's.
     """
     m = mapper.map(frame)
-    grid = depth_map(m, calibration)
+    # patches beyond the reach stay until the neighbour check: they are on the right
+    # side of focus, so a patch whose sign flipped among them stands out
+    grid = depth_map(m, calibration, reach=False)
     n_valid = int(np.asarray(m.valid).sum())
     n_kept = int(np.isfinite(grid).sum())
     n_spread, n_cleaned = n_valid - n_kept, 0
     if clean:
         grid = clean_depth(grid, m.centers_y, m.centers_x)
         n_cleaned = n_kept - int(np.isfinite(grid).sum())
+    n_before = int(np.isfinite(grid).sum())
+    grid = np.where(beyond_reach(m, calibration), np.nan, grid).astype(np.float32)
+    n_beyond = n_before - int(np.isfinite(grid).sum())
     if smooth:
         grid = smooth_depth(grid, m.centers_y, m.centers_x, radius=smooth)
     plane = None
@@ -231,4 +241,5 @@ def frame_depth(
         n_valid=n_valid,
         n_spread=n_spread,
         n_cleaned=n_cleaned,
+        n_beyond=n_beyond,
     )
