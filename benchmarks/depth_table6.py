@@ -43,7 +43,6 @@ import numpy as np
 from psf_live.depth import (
     FEATURE_SETS,
     DepthCalibration,
-    beyond_reach,
     clean_depth,
     depth_full,
     depth_map,
@@ -271,10 +270,10 @@ def evaluate(
     res: dict[float, dict[str, Any]] = {}
     for it in items:
         m = it["map"]
-        est = depth_map(m, cal, reach=not clean)  # as psf_live.depth.frame_depth
-        if clean:
+        est = depth_map(m, cal, limits=not clean)  # as psf_live.depth.frame_depth
+        if clean:  # every valid patch checked against its neighbours, then the limits
             est = clean_depth(est, m.centers_y, m.centers_x)
-            est = np.where(beyond_reach(m, cal), np.nan, est)
+            est = np.where(np.isnan(depth_map(m, cal)), np.nan, est)
         if smooth:
             est = smooth_depth(est, m.centers_y, m.centers_x, radius=smooth)
         truth = it.get("truth_grid")

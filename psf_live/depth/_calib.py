@@ -388,7 +388,7 @@ def _map_parts(psf_map: Any) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], d
     return params, valid, tuple(psf_map.param_names), dict(getattr(psf_map, "meta", {}) or {})
 
 
-def depth_map(psf_map: Any, calibration: DepthCalibration, *, reach: bool = True) -> np.ndarray:
+def depth_map(psf_map: Any, calibration: DepthCalibration, *, limits: bool = True) -> np.ndarray:
     """Depth per patch in micrometres from a zernike3 PSF map.
 
     Parameters
@@ -398,19 +398,21 @@ def depth_map(psf_map: Any, calibration: DepthCalibration, *, reach: bool = True
         ``param_names``, ``meta`` with the network's name and sha256).
     calibration : DepthCalibration
         Calibration made with the same network.
-    reach : bool
-        Leave out the patches beyond the network's reach (:func:`beyond_reach`; the
-        default). :func:`~psf_live.depth.frame_depth` keeps them until
-        :func:`clean_depth` has compared every patch with its neighbours (a patch whose
-        sign flipped stands out against them) and leaves them out after.
+    limits : bool
+        Apply the calibration's limits (the default): leave out the patches beyond the
+        network's reach (:func:`beyond_reach`) and those whose TTA views disagree
+        (:func:`depth_spread`). With False every valid patch gets its depth:
+        :func:`~psf_live.depth.frame_depth` keeps them until :func:`clean_depth` has
+        compared every patch with its neighbours (a patch whose sign flipped stands out
+        against them, not against a hole) and applies the limits after.
 
     Returns
     -------
     numpy.ndarray
-        (rows, cols) float32 depth (sample minus focal plane), NaN where invalid, where
-        the patch lies beyond the network's reach (``max_metric``, with ``reach``) and,
-        when the calibration has a ``max_spread_um`` and the map its TTA views, where
-        the views disagree by more than it (:func:`depth_spread`).
+        (rows, cols) float32 depth (sample minus focal plane), NaN where invalid and,
+        with ``limits``, where the patch lies beyond the network's reach
+        (``max_metric``) and, when the calibration has a ``max_spread_um`` and the map
+        its TTA views, where the views disagree by more than it (:func:`depth_spread`).
 
     Raises
     ------
@@ -421,8 +423,9 @@ def depth_map(psf_map: Any, calibration: DepthCalibration, *, reach: bool = True
     calibration.check_network(meta)
     d = calibration.predict(params, names)
     keep = valid
-    if reach:
-        keep = keep & ~beyond_reach(psf_map, calibration)
+    if not limits:
+        return np.where(keep, d, np.nan).astype(np.float32)
+    keep = keep & ~beyond_reach(psf_map, calibration)
     limit = calibration.max_spread_um
     if limit is not None:
         spread = depth_spread(psf_map, calibration)

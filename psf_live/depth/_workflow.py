@@ -161,10 +161,10 @@ def acquire_calibration_frames(
 class FrameDepth:
     """Depth of one frame: the patch grid, the full-resolution map and the plane tilt.
 
-    ``n_valid``: patches the network called valid; ``n_spread``: of those, left out
-    because their test-time-augmentation views disagree (:func:`depth_spread`);
-    ``n_cleaned``: then left out by :func:`clean_depth`; ``n_beyond``: then left out
-    as beyond the network's reach (:func:`beyond_reach`).
+    ``n_valid``: patches the network called valid; ``n_cleaned``: of those, left out by
+    :func:`clean_depth`; then ``n_beyond``: left out as beyond the network's reach
+    (:func:`beyond_reach`), and ``n_spread``: because their test-time-augmentation views
+    disagree (:func:`depth_spread`).
     """
 
     grid: np.ndarray
@@ -181,12 +181,12 @@ class FrameDepth:
         """How many patches the depth rests on, and why the others were left out."""
         used = int(np.isfinite(self.grid).sum())
         why = []
-        if self.n_spread:
-            why.append(f"{self.n_spread} whose views disagree")
         if self.n_cleaned:
             why.append(f"{self.n_cleaned} off their neighbours")
         if self.n_beyond:
             why.append(f"{self.n_beyond} beyond the network's reach")
+        if self.n_spread:
+            why.append(f"{self.n_spread} whose views disagree")
         out = f"depth on {used} of {self.grid.size} patches ({self.n_valid} valid"
         return out + (f"; left out: {', '.join(why)})" if why else ")")
 
@@ -212,18 +212,19 @@ def frame_depth(
         The mapper's network is not the calibration's.
     """
     m = mapper.map(frame)
-    # patches beyond the reach stay until the neighbour check: they are on the right
-    # side of focus, so a patch whose sign flipped among them stands out
-    grid = depth_map(m, calibration, reach=False)
-    n_valid = int(np.asarray(m.valid).sum())
-    n_kept = int(np.isfinite(grid).sum())
-    n_spread, n_cleaned = n_valid - n_kept, 0
+    # the calibration's limits (reach, view spread) apply after the neighbour check:
+    # imprecise patches are still on the right side of focus, so a patch whose sign
+    # flipped among them stands out (against a hole it would not)
+    grid = depth_map(m, calibration, limits=False)
+    n_valid = int(np.isfinite(grid).sum())
     if clean:
         grid = clean_depth(grid, m.centers_y, m.centers_x)
-        n_cleaned = n_kept - int(np.isfinite(grid).sum())
-    n_before = int(np.isfinite(grid).sum())
-    grid = np.where(beyond_reach(m, calibration), np.nan, grid).astype(np.float32)
-    n_beyond = n_before - int(np.isfinite(grid).sum())
+    kept = np.isfinite(grid)
+    beyond = beyond_reach(m, calibration) & kept
+    spread = np.isnan(depth_map(m, calibration)) & kept & ~beyond
+    grid = np.where(beyond | spread, np.nan, grid).astype(np.float32)
+    n_cleaned = n_valid - int(kept.sum())
+    n_beyond, n_spread = int(beyond.sum()), int(spread.sum())
     if smooth:
         grid = smooth_depth(grid, m.centers_y, m.centers_x, radius=smooth)
     plane = None
