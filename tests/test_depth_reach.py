@@ -127,3 +127,39 @@ def test_frame_depth_checks_neighbours_before_leaving_out_the_deep_patches():
     assert 0 < fd.n_beyond <= int(beyond_reach(m, cal).sum())
     assert "beyond the network's reach" in fd.line()
     assert np.nanmedian(np.abs(fd.grid - truth)) < 1.0
+
+
+def test_frame_depth_checks_neighbours_before_the_spread_limit():
+    """The same for the TTA spread limit: a flipped patch whose neighbours' views all
+    disagree (imprecise, but on the right side of focus) goes."""
+    rng = np.random.default_rng(5)
+    meta = {"name": "zernike3", "sha256": "ef" * 32, "tta": True}
+
+    def with_views(m, noisy):
+        views = np.repeat(m.params[:, :, None, :], 8, axis=2).astype(np.float64)
+        sd = np.where(noisy, 0.2, 0.005)[:, :, None]
+        views[..., 0] = np.abs(views[..., 0] + sd * rng.standard_normal(views.shape[:3]))
+        m.view_params = views.astype(np.float32)
+        return m
+
+    def plain(t):
+        d = true_depth_grid(CY, CX, t, "x", PX, SHAPE)
+        return synthetic_psf_map(d, CY, CX, SHAPE, focus_noise=0.005, rng=rng, meta=meta), d
+
+    cal_maps = [with_views(plain(t)[0], rng.random((15, 15)) < 0.05) for t in (3, 6, 10)]
+    cal = fit_calibration(cal_maps, [3, 6, 10], max_metric=None)
+    assert cal.max_spread_um is not None
+    m, truth = plain(6.0)
+    m.valid[:] = True
+    block = np.zeros((15, 15), dtype=bool)
+    block[5:10, 10:15] = True  # patches 36-64 um beyond focus, views all over the place
+    i, j = 7, 12
+    block[i, j] = False
+    m.params[i, j, 2] = (m.params[i, j, 2] + math.pi / 2) % math.pi  # this one flipped
+    m = with_views(m, block)
+    assert np.isnan(depth_map(m, cal)[block]).all() and depth_map(m, cal)[i, j] < 0 < truth[i, j]
+    assert np.isfinite(clean_depth(depth_map(m, cal), m.centers_y, m.centers_x)[i, j])
+    fd = frame_depth(_Stub(m), np.zeros(SHAPE, np.uint16), cal, full=False)
+    assert np.isnan(fd.grid[i, j]) and np.isnan(fd.grid[block]).all()
+    assert fd.n_spread >= int(block.sum()) - 2 and fd.n_beyond == 0
+    assert "whose views disagree" in fd.line()

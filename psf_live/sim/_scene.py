@@ -8,9 +8,9 @@ Conventions (used everywhere in psf-live):
   by ``tilt_deg``. ``tilt_axis="x"`` means the depth varies along x (columns):
   the plane is rotated about the y axis, and a positive tilt puts the +x side
   farther from the objective. ``"y"`` likewise along rows, ``"xy"`` along the
-  field diagonal (+x +y side farther; the depth range of the paper's Section III-E,
-  :mod:`psf_live.psf._plane`). The in-focus line (for ``z_um == sample_z_um``)
-  passes through the centre of the field.
+  field diagonal (the +x +y corner farther; the depth ranges of the paper's Section
+  III-E; :func:`psf_live.psf.plane_depth`). The in-focus line (for
+  ``z_um == sample_z_um``) passes through the centre of the field.
 * ``curvature_radius_um`` bends that plane into a paraboloid (a spherical cap for
   small sag): ``+ r^2 / (2 R)`` with ``r`` the distance from the centre of the field,
   so with ``R > 0`` the sample curves away from the objective towards the edges.
