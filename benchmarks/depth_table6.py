@@ -43,6 +43,8 @@ import numpy as np
 from psf_live.depth import (
     FEATURE_SETS,
     DepthCalibration,
+    beyond_reach,
+    beyond_spread,
     clean_depth,
     depth_full,
     depth_map,
@@ -273,7 +275,7 @@ def evaluate(
         est = depth_map(m, cal, limits=not clean)  # as psf_live.depth.frame_depth
         if clean:  # every valid patch checked against its neighbours, then the limits
             est = clean_depth(est, m.centers_y, m.centers_x)
-            est = np.where(np.isnan(depth_map(m, cal)), np.nan, est)
+            est = np.where(beyond_reach(m, cal) | beyond_spread(m, cal), np.nan, est)
         if smooth:
             est = smooth_depth(est, m.centers_y, m.centers_x, radius=smooth)
         truth = it.get("truth_grid")

@@ -31,6 +31,7 @@ __all__ = [
     "ImageFit",
     "PlaneTilt",
     "beyond_reach",
+    "beyond_spread",
     "clean_depth",
     "depth_full",
     "depth_map",
@@ -66,31 +67,11 @@ def true_depth_grid(
 ) -> np.ndarray:
     """Known depth of each patch of a tilted plane (in-focus line through the centre).
 
-    Convention (the simulator's, kept in every calibration file): ``axis="x"`` means the
-    depth varies along x (columns; the plane is rotated about y) and a positive tilt puts
-    the +x side *farther* from the objective; ``"y"`` likewise along rows; ``"xy"`` along
-    the field diagonal (+x +y corner farther; the depth ranges of the paper's Section
-    III-E). Depth is ``sample - focal plane``, positive beyond the focal plane, e.g.
-    ``depth = (x - (W - 1) / 2) * pixel_size * tan(tilt)`` for ``"x"``
-    (:func:`psf_live.psf.plane_depth`).
-
-    Parameters
-    ----------
-    centers_y, centers_x : array_like
-        Patch centres (pixels) along rows / columns.
-    tilt_deg : float
-        Tilt of the plane in degrees.
-    axis : {"x", "y", "xy"}
-        Direction along which the depth varies.
-    pixel_size_um : float
-        Object-space pixel size.
-    shape : (int, int)
-        Frame (height, width); its centre is on the in-focus line.
-
-    Returns
-    -------
-    numpy.ndarray
-        (rows, cols) float64 depth in micrometres.
+    :func:`psf_live.psf.plane_depth` at the patch centres ``centers_y`` x ``centers_x``
+    (parameters, convention and units there; the simulator's, kept in every calibration
+    file): ``axis="x"`` puts the +x side *farther* from the objective for a positive
+    tilt, ``"y"`` the +y side, ``"xy"`` the +x +y corner (the depth ranges of the paper's
+    Section III-E). Returns the (rows, cols) float64 depth in micrometres.
     """
     return plane_depth(centers_y, centers_x, tilt_deg, axis, pixel_size_um, shape)
 
@@ -423,14 +404,8 @@ def depth_map(psf_map: Any, calibration: DepthCalibration, *, limits: bool = Tru
     calibration.check_network(meta)
     d = calibration.predict(params, names)
     keep = valid
-    if not limits:
-        return np.where(keep, d, np.nan).astype(np.float32)
-    keep = keep & ~beyond_reach(psf_map, calibration)
-    limit = calibration.max_spread_um
-    if limit is not None:
-        spread = depth_spread(psf_map, calibration)
-        if spread is not None:
-            keep = keep & (spread <= limit)
+    if limits:
+        keep = keep & ~beyond_reach(psf_map, calibration) & ~beyond_spread(psf_map, calibration)
     return np.where(keep, d, np.nan).astype(np.float32)
 
 
@@ -454,6 +429,29 @@ def beyond_reach(psf_map: Any, calibration: DepthCalibration) -> np.ndarray:
         return np.zeros(valid.shape, dtype=bool)
     base = base_metric(params, names, calibration.features, calibration.lens_axis)
     return np.asarray(valid & (np.abs(base) > float(calibration.max_metric)), dtype=bool)
+
+
+def beyond_spread(psf_map: Any, calibration: DepthCalibration) -> np.ndarray:
+    """Return the valid patches whose TTA views disagree more than the calibration allows.
+
+    Parameters
+    ----------
+    psf_map : PSFMap
+        Map from the calibration's network.
+    calibration : DepthCalibration
+        Its ``max_spread_um`` bounds the :func:`depth_spread` of a kept patch.
+
+    Returns
+    -------
+    numpy.ndarray
+        (rows, cols) bool; all False without a limit or without the map's views.
+    """
+    valid = np.asarray(psf_map.valid, dtype=bool)
+    limit = calibration.max_spread_um
+    spread = None if limit is None else depth_spread(psf_map, calibration)
+    if limit is None or spread is None:
+        return np.zeros(valid.shape, dtype=bool)
+    return np.asarray(valid & ~(spread <= float(limit)), dtype=bool)
 
 
 def depth_spread(psf_map: Any, calibration: DepthCalibration) -> np.ndarray | None:

@@ -20,6 +20,7 @@ from ._calib import (
     DepthCalibration,
     PlaneTilt,
     beyond_reach,
+    beyond_spread,
     clean_depth,
     depth_full,
     depth_map,
@@ -221,7 +222,7 @@ def frame_depth(
         grid = clean_depth(grid, m.centers_y, m.centers_x)
     kept = np.isfinite(grid)
     beyond = beyond_reach(m, calibration) & kept
-    spread = np.isnan(depth_map(m, calibration)) & kept & ~beyond
+    spread = beyond_spread(m, calibration) & kept & ~beyond
     grid = np.where(beyond | spread, np.nan, grid).astype(np.float32)
     n_cleaned = n_valid - int(kept.sum())
     n_beyond, n_spread = int(beyond.sum()), int(spread.sum())

@@ -172,15 +172,10 @@ def depth_map(
         sample is curved.
     """
     h, w = int(shape[0]), int(shape[1])
-    if scene.tilt_axis == "x":
-        d = np.broadcast_to(depth_profile(w, z_um, scene, pixel_size_um)[None, :], (h, w))
-    elif scene.tilt_axis == "y":
-        d = np.broadcast_to(depth_profile(h, z_um, scene, pixel_size_um)[:, None], (h, w))
-    else:
-        plane = plane_depth(
-            np.arange(h), np.arange(w), scene.tilt_deg, scene.tilt_axis, pixel_size_um, (h, w)
-        )
-        d = scene.sample_z_um + plane - z_um
+    plane = plane_depth(
+        np.arange(h), np.arange(w), scene.tilt_deg, scene.tilt_axis, pixel_size_um, (h, w)
+    )
+    d = scene.sample_z_um + plane - z_um
     if scene.curvature_radius_um:
         y = (np.arange(h) - (h - 1) / 2.0) * pixel_size_um
         x = (np.arange(w) - (w - 1) / 2.0) * pixel_size_um
