@@ -71,3 +71,22 @@ def test_uniform_blur_within_tolerance(est: Estimator) -> None:
     assert f == pytest.approx(abs(truth), abs=0.1)
     assert c == pytest.approx(0.25, abs=0.1)
     assert math.copysign(1.0, s) == math.copysign(1.0, truth)
+
+
+def test_int8_maps_match_float32(est: Estimator) -> None:
+    """The shipped int8 weights (the CPU default) map a tilted frame as float32 does."""
+    from psf_live.nets import int8_unavailable
+
+    if int8_unavailable() is not None:
+        pytest.skip(str(int8_unavailable()))
+    assert est.precision == "int8", est.precision_check
+    fp32 = Estimator.load("zernike3", device="cpu", precision="fp32")
+    frame = _frame(8.0, 0.0)
+    a, b = est.map(frame, fill=False), fp32.map(frame, fill=False)
+    both = a.valid & b.valid
+    assert both.sum() >= 0.9 * max(a.valid.sum(), b.valid.sum()) > 0
+    focus = np.abs(a.param("focus") - b.param("focus"))[both]
+    assert np.median(focus) < 0.01 and focus.max() < 0.06  # waves; the net's own RMSE ~0.13
+    sa = signed_defocus(a.param("focus"), a.param("axis"))[both]
+    sb = signed_defocus(b.param("focus"), b.param("axis"))[both]
+    assert np.median(np.abs(sa - sb)) < 0.02

@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Estimator"]
 
-_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# int8 outputs on the probe vs those recorded when the int8 weights were measured: RMS of
+# each parameter / its range, largest validity-probability difference
+_INT8_TOL = (0.01, 0.05)
 
 
 def _card_meta(card: Any) -> dict[str, Any]:
@@ -69,12 +72,17 @@ class Estimator:
         Default patch stride in pixels.
     threshold : float
         A patch is valid when its validity probability is >= ``threshold``.
-    precision : {"auto", "fp32", "bf16", "fp16"}
-        Autocast precision. ``"auto"``: fp16 (bf16 where supported) on CUDA; on CPU,
-        bf16 when the CPU computes it natively (AMX / AVX512-bf16) *and* a check at
-        load time finds the bf16 outputs within 1 % of each parameter's range (and
-        validity probabilities within 0.02) of fp32 on a probe batch, else fp32. The
-        outcome is in :attr:`precision_check`.
+    precision : {"auto", "fp32", "bf16", "fp16", "int8"}
+        Arithmetic of the network. ``"auto"``: fp16 (bf16 where supported) on CUDA; on
+        CPU, the model's int8 weights when it ships them (``card.int8``, made and scored
+        against float32 by ``python -m training.quantize``; convolutions in int8, stem and
+        head in float32) and a check at load time finds that they reproduce the outputs
+        recorded then on a probe batch (RMS within 1 % of each parameter's range,
+        validity probabilities within 0.05); else
+        bf16 when the CPU computes it natively (AMX / AVX512-bf16) *and* its outputs on
+        the probe are within 1 % of each parameter's range (max; validity within 0.02);
+        else fp32. The outcome is in :attr:`precision_check`. ``"int8"`` demands the
+        int8 weights (CPU only) and raises when they are missing or fail the check.
     num_threads : int, optional
         Set torch's (process-wide) intra-op CPU thread count.
     fill : bool
@@ -101,6 +109,9 @@ class Estimator:
         refuses maps made otherwise.
         The maps then also carry each view's estimate (``PSFMap.view_params``), whose
         disagreement measures how far a patch's estimate can be trusted.
+    weights : str or Path, optional
+        Where ``card`` came from (a shipped name or a ``.pt`` path), to find its int8
+        weights; the shipped model named ``card.name`` by default. :meth:`load` sets it.
     """
 
     def __init__(
@@ -119,6 +130,7 @@ class Estimator:
         compile: bool = False,
         cuda_graphs: bool = False,
         tta: bool | int = False,
+        weights: str | Path | None = None,
     ) -> None:
         import torch
 
@@ -153,16 +165,20 @@ class Estimator:
         self.k = int(k)
         self.codec = get_codec(self.psf_model)
         self._normalize = normalize_patches
+        if precision == "int8" and self.device.type != "cpu":
+            raise ValueError("precision='int8' runs on the CPU only")
         if self.device.type == "cuda":
             if precision == "auto":
                 precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
             torch.backends.cudnn.benchmark = True
         auto_cpu = self.device.type == "cpu" and precision == "auto"
-        if auto_cpu:
+        want_int8 = precision == "int8" or (auto_cpu and bool(getattr(card, "int8", None)))
+        if auto_cpu or want_int8:
             precision = "fp32"
         self.precision = precision
         self.precision_check: dict[str, Any] = {}
         net = net.to(self.device).eval()
+        float_net = net
         self.channels_last = False
         if optimize:
             net = self._optimize(net)
@@ -170,10 +186,13 @@ class Estimator:
             net = torch.compile(net)  # type: ignore[assignment]
         self.net = net
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
-        if auto_cpu and _cpu_has_native_bf16():
-            self.precision_check = self._check_bf16()
+        if want_int8:
+            self.precision_check = self._use_int8(float_net, weights, required=not auto_cpu)
+        if auto_cpu and self.precision == "fp32" and _cpu_has_native_bf16():
+            self.precision_check.update(self._check_bf16())
             if self.precision_check["ok"]:
                 self.precision = "bf16"
+        self.meta["precision"] = self.precision
         self._graphs: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self._pinned: dict[tuple[int, int], torch.Tensor] = {}
         self._patch_buf: dict[tuple[int, int, int], torch.Tensor] = {}
@@ -200,7 +219,9 @@ class Estimator:
 
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        net, card = load_model(str(model) if model is not None else DEFAULT_MODEL, device)
+        spec = str(model) if model is not None else DEFAULT_MODEL
+        net, card = load_model(spec, device)
+        kwargs.setdefault("weights", spec)
         return cls(net, card, device, **kwargs)
 
     # ------------------------------------------------------------- optimisation
@@ -235,21 +256,77 @@ class Estimator:
             return candidate
         return net
 
-    def _check_bf16(self) -> dict[str, Any]:
-        """Compare bf16 and fp32 outputs on a probe batch (noise at several scales)."""
-        import torch
+    def _use_int8(
+        self, float_net: torch.nn.Module, weights: str | Path | None, required: bool
+    ) -> dict[str, Any]:
+        """Switch to the model's int8 weights when they load and pass the probe check."""
+        from psf_live.models import ModelLoadError, load_int8
 
-        g = torch.Generator().manual_seed(0)
-        p = self.patch_size
-        x = torch.randn(24, 1, p, p, generator=g)
-        smooth = torch.nn.functional.avg_pool2d(x, 9, stride=1, padding=4)
-        probe = torch.cat([x[:8], smooth[8:16] * 3, (smooth[16:] > 0).float() * 100 + 10])
-        results = []
-        for prec in ("fp32", "bf16"):
-            self.precision = prec
-            results.append(self.predict_patches(probe))
+        try:
+            source = weights if weights is not None else self.card.name
+            qnet = load_int8(source, float_net, self.card)
+        except (ModelLoadError, RuntimeError) as e:
+            if required:
+                raise
+            return {"int8": False, "int8_reason": str(e)}
+        probe = self.card.int8.get("probe") or {}
+        if "valid_prob" not in probe or "params" not in probe:
+            reason = f"the int8 entry of {self.card.name!r} has no probe outputs to check"
+            if required:
+                raise ValueError(reason)
+            return {"int8": False, "int8_reason": reason}
+        ref = (
+            np.asarray(probe["valid_prob"], dtype=np.float32),
+            np.asarray(probe["params"], dtype=np.float32),
+        )
+        fp32 = (self.net, self.channels_last)
+        self.net, self.channels_last, self.precision = qnet, True, "int8"
+        check = self._compare(ref, self._probe_outputs(), rms=True)
+        ok = bool(
+            check["max_rel_param_diff"] <= _INT8_TOL[0]
+            and check["max_valid_prob_diff"] <= _INT8_TOL[1]
+        )
+        result = {"int8": ok, **{f"int8_{k}": v for k, v in check.items()}}
+        if not ok:
+            (self.net, self.channels_last), self.precision = fp32, "fp32"
+            if required:
+                raise ValueError(
+                    f"int8 weights of {self.card.name!r} do not reproduce the outputs recorded "
+                    f"when they were measured ({check}, tolerance {_INT8_TOL})"
+                )
+        return result
+
+    def _probe_outputs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Run the fixed probe batch (:func:`psf_live.nets.probe_patches`)."""
+        from psf_live.nets import probe_patches
+
+        return self.predict_patches(probe_patches(self.patch_size).to(self.device))
+
+    def _check_bf16(self) -> dict[str, Any]:
+        """Compare bf16 and fp32 outputs on the probe batch (max difference)."""
         self.precision = "fp32"
-        (v32, p32), (v16, p16) = results
+        ref = self._probe_outputs()
+        self.precision = "bf16"
+        check = self._compare(ref, self._probe_outputs(), rms=False)
+        self.precision = "fp32"
+        check["ok"] = bool(
+            check["max_rel_param_diff"] <= 0.01 and check["max_valid_prob_diff"] <= 0.02
+        )
+        return check
+
+    def _compare(
+        self,
+        ref: tuple[np.ndarray, np.ndarray],
+        other: tuple[np.ndarray, np.ndarray],
+        rms: bool,
+    ) -> dict[str, float]:
+        """Compare two sets of probe outputs.
+
+        Returns the largest parameter difference relative to its range (max or RMS over
+        the probe; astigmatism in Cartesian form) and the largest validity-probability
+        difference.
+        """
+        (v32, p32), (v16, p16) = ref, other
         lo = np.array([r[0] for r in self.meta.get("ranges", [])] or [0.0] * p32.shape[1])
         hi = np.array([r[1] for r in self.meta.get("ranges", [])] or [1.0] * p32.shape[1])
         width = np.maximum(hi - lo, 1e-6)
@@ -261,10 +338,10 @@ class Estimator:
                 c, a = arr[:, ic].copy(), arr[:, ia].copy()
                 arr[:, ic], arr[:, ia] = c * np.cos(2 * a), c * np.sin(2 * a)
             width[ia] = width[ic]
-        rel = np.abs(a16 - a32).max(axis=0) / width
+        d = np.abs(a16 - a32)
+        rel = (np.sqrt(np.mean(d**2, axis=0)) if rms else d.max(axis=0)) / width
         dv = float(np.abs(v16 - v32).max())
-        ok = bool(rel.max() <= 0.01 and dv <= 0.02)
-        return {"ok": ok, "max_rel_param_diff": float(rel.max()), "max_valid_prob_diff": dv}
+        return {"max_rel_param_diff": float(rel.max()), "max_valid_prob_diff": dv}
 
     # ---------------------------------------------------------------- geometry
     def _grid(self, shape: tuple[int, int], stride: int) -> tuple[Any, ...]:
@@ -286,7 +363,7 @@ class Estimator:
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         import torch
 
-        if self.precision == "fp32":
+        if self.precision in ("fp32", "int8"):
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)

@@ -7,8 +7,11 @@ from ._registry import (
     ModelCard,
     ModelLoadError,
     available_models,
+    int8_path,
+    load_int8,
     load_model,
     model_path,
+    save_int8,
     save_model,
 )
 
@@ -19,7 +22,10 @@ __all__ = [
     "OutputCodec",
     "available_models",
     "get_codec",
+    "int8_path",
+    "load_int8",
     "load_model",
     "model_path",
+    "save_int8",
     "save_model",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,11 @@ __all__ = [
     "ModelCard",
     "ModelLoadError",
     "available_models",
+    "int8_path",
+    "load_int8",
     "load_model",
     "model_path",
+    "save_int8",
     "save_model",
 ]
 
@@ -58,6 +62,11 @@ class ModelCard:
         and how the weights were trained (command, duration_s, steps, ...).
     sha256 : str
         SHA-256 of the weights file.
+    int8 : dict
+        The int8 companion of the weights, empty when there is none
+        (``python -m training.quantize``): ``file`` (beside the weights), ``sha256``,
+        ``float_modules`` (kept in float32), how it was calibrated and what it measured
+        against float32 on the test stream.
     """
 
     name: str
@@ -74,6 +83,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
+    int8: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the card as a JSON-serialisable dict."""
@@ -137,6 +147,19 @@ def _stem(path: str | Path) -> Path:
     return p.with_suffix("") if p.suffix in (".pt", ".json") else p
 
 
+def _read_card(js: Path) -> ModelCard:
+    try:
+        return ModelCard.from_dict(json.loads(js.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{js}: invalid model card ({e})") from None
+
+
+def _write_card(card: ModelCard, js: Path) -> None:
+    tmp = js.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    tmp.replace(js)
+
+
 def save_model(net: torch.nn.Module, card: ModelCard, path: str | Path) -> Path:
     """Write ``<path>.pt`` (state_dict) and ``<path>.json`` (card with sha256).
 
@@ -163,7 +186,7 @@ def save_model(net: torch.nn.Module, card: ModelCard, path: str | Path) -> Path:
     torch.save(state, tmp)
     tmp.replace(pt)
     card.sha256 = _sha256(pt)
-    stem.with_suffix(".json").write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    _write_card(card, stem.with_suffix(".json"))
     return pt
 
 
@@ -215,10 +238,7 @@ def load_model(
         raise ModelLoadError(f"{pt}: weights file not found{hint}")
     if not js.exists():
         raise ModelLoadError(f"{js}: model card (JSON sidecar) not found")
-    try:
-        card = ModelCard.from_dict(json.loads(js.read_text()))
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelLoadError(f"{js}: invalid model card ({e})") from None
+    card = _read_card(js)
     digest = _sha256(pt)
     if card.sha256 and digest != card.sha256:
         raise ModelLoadError(
@@ -250,3 +270,107 @@ def load_model(
             f"{pt}: state_dict does not match arch {card.arch!r} ({first})"
         ) from None
     return net.to(device).eval(), card
+
+
+def int8_path(name_or_path: str | Path) -> Path:
+    """Return the int8 weights file of a model (``<name>.int8.pt`` beside its weights)."""
+    pt = model_path(name_or_path)
+    return pt.with_name(pt.stem + ".int8.pt")
+
+
+def save_int8(qnet: torch.nn.Module, name_or_path: str | Path, info: dict[str, Any]) -> Path:
+    """Write a model's int8 weights beside it and record them in its card.
+
+    Parameters
+    ----------
+    qnet : torch.nn.Module
+        The quantised network (:func:`psf_live.nets.quantize_int8`).
+    name_or_path : str or Path
+        The float model it was made from (shipped name or path to its ``.pt``).
+    info : dict
+        What goes into the card's ``int8`` entry besides ``file`` and ``sha256``; must
+        hold ``float_modules``.
+
+    Returns
+    -------
+    Path
+        The int8 weights file.
+    """
+    if "float_modules" not in info:
+        raise ValueError("info must give the float_modules the network was quantised with")
+    pt = model_path(name_or_path)
+    js = pt.with_suffix(".json")
+    card = _read_card(js)
+    q = int8_path(pt)
+    tmp = q.with_suffix(".pt.tmp")
+    torch.save(qnet.state_dict(), tmp)
+    tmp.replace(q)
+    card.int8 = {"file": q.name, "sha256": _sha256(q), "weights_sha256": card.sha256, **info}
+    _write_card(card, js)
+    return q
+
+
+def load_int8(name_or_path: str | Path, net: torch.nn.Module, card: ModelCard) -> torch.nn.Module:
+    """Load a model's int8 weights (CPU), checking them like :func:`load_model`.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        The model (shipped name or path to its ``.pt``).
+    net : torch.nn.Module
+        Its float network as :func:`load_model` returned it (not modified).
+    card : ModelCard
+        Its card, whose ``int8`` entry names the file.
+
+    Returns
+    -------
+    torch.nn.Module
+        The quantised network.
+
+    Raises
+    ------
+    ModelLoadError
+        The card has no int8 weights, they were made from other float weights, or their
+        file is missing, corrupt, altered, or does not fit the network; the message names
+        the file.
+    RuntimeError
+        int8 inference is unavailable on this machine
+        (:func:`psf_live.nets.int8_unavailable`).
+    """
+    from psf_live.nets import int8_from_state, int8_unavailable
+
+    if not card.int8:
+        raise ModelLoadError(
+            f"{model_path(name_or_path).with_suffix('.json')}: model {card.name!r} has no "
+            "int8 weights (make them with python -m training.quantize)"
+        )
+    q = model_path(name_or_path).with_name(str(card.int8.get("file", "")))
+    if card.int8.get("weights_sha256") != card.sha256:
+        raise ModelLoadError(
+            f"{q}: int8 weights were made from other float weights (sha256 "
+            f"{str(card.int8.get('weights_sha256'))[:12]}, the card's are {card.sha256[:12]})"
+        )
+    if not q.is_file():
+        raise ModelLoadError(f"{q}: int8 weights file not found")
+    digest = _sha256(q)
+    if digest != card.int8.get("sha256"):
+        raise ModelLoadError(
+            f"{q}: sha256 mismatch (file {digest[:12]}, card {str(card.int8.get('sha256'))[:12]})"
+        )
+    reason = int8_unavailable()
+    if reason is not None:
+        raise RuntimeError(f"int8 inference unavailable: {reason}")
+    try:
+        with warnings.catch_warnings():  # torch's deprecation notices for quantised tensors
+            warnings.simplefilter("ignore")
+            state = torch.load(q, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"{q}: corrupt int8 weights file ({type(e).__name__})") from None
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{q}: not a state_dict")
+    modules = [str(m) for m in card.int8.get("float_modules", [])]
+    try:
+        return int8_from_state(net, state, modules, card.patch_size)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise ModelLoadError(f"{q}: int8 weights do not fit {card.arch!r} ({first})") from None

@@ -3,9 +3,17 @@
 from ._arch import ARCHS, LogPowerSpectrum, SpectralNet, build_net
 from ._codec import TTA_VIEWS, OutputCodec, dihedral_mean, dihedral_views, get_codec
 from ._normalize import normalize_patches
+from ._quant import (
+    INT8_FLOAT_MODULES,
+    int8_from_state,
+    int8_unavailable,
+    probe_patches,
+    quantize_int8,
+)
 
 __all__ = [
     "ARCHS",
+    "INT8_FLOAT_MODULES",
     "TTA_VIEWS",
     "LogPowerSpectrum",
     "OutputCodec",
@@ -14,5 +22,9 @@ __all__ = [
     "dihedral_mean",
     "dihedral_views",
     "get_codec",
+    "int8_from_state",
+    "int8_unavailable",
     "normalize_patches",
+    "probe_patches",
+    "quantize_int8",
 ]
