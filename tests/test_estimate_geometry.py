@@ -236,3 +236,35 @@ def test_psf_kernels_and_bank() -> None:
     m.params = m.params + 0.001  # within the 0.01 px quantisation: all from the cache
     psf_kernels(m, bank=bank)
     assert bank.misses == 3 and bank.hits == 5
+
+
+@pytest.mark.parametrize(
+    ("shape", "stride"), [((512, 512), 128), ((300, 417), 64), ((128, 200), 50), ((128, 128), 64)]
+)
+@pytest.mark.parametrize("dtype", ["uint16", "uint8", "int32", ">f8", "float32"])
+def test_gather_patches_equals_extract(shape: tuple[int, int], stride: int, dtype: str) -> None:
+    import torch
+
+    from psf_live.estimate import gather_patches
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 250, size=shape).astype(dtype)
+    ref, _, _ = extract_patches(frame, 128, stride)
+    sy, sx = patch_starts(shape[0], 128, stride), patch_starts(shape[1], 128, stride)
+    out = torch.full((sy.size, sx.size, 128, 128), -1.0)
+    assert gather_patches(frame, sy, sx, 128, out) is out
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_gather_patches_reads_views_and_read_only_frames() -> None:
+    import torch
+
+    from psf_live.estimate import gather_patches
+
+    big = np.arange(400 * 600, dtype=np.uint16).reshape(400, 600)
+    for frame in (big[50:350, 100:], big[:, ::2], big.T):
+        frame.flags.writeable = False
+        ref, _, _ = extract_patches(frame, 128, 64)
+        sy, sx = patch_starts(frame.shape[0], 128, 64), patch_starts(frame.shape[1], 128, 64)
+        out = torch.empty((sy.size, sx.size, 128, 128))
+        np.testing.assert_array_equal(gather_patches(frame, sy, sx, 128, out).numpy(), ref)

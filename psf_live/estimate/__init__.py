@@ -2,7 +2,7 @@
 
 from ._estimator import Estimator
 from ._map import KernelBank, PSFMap, fill_invalid, interpolate_map, psf_kernels
-from ._patches import check_frame, extract_patches, patch_centers, patch_starts
+from ._patches import check_frame, extract_patches, gather_patches, patch_centers, patch_starts
 from ._summary import (
     DEFAULT_LENS_AXIS,
     DepthCalibration,
@@ -28,6 +28,7 @@ __all__ = [
     "fill_invalid",
     "fit_plane",
     "focus_map",
+    "gather_patches",
     "interpolate_map",
     "optics_tilt_deg",
     "patch_centers",

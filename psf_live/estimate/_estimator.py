@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._map import PSFMap, fill_invalid
-from ._patches import DEFAULT_STRIDE, check_frame, patch_centers, patch_starts
+from ._patches import DEFAULT_STRIDE, check_frame, gather_patches, patch_centers, patch_starts
 
 if TYPE_CHECKING:
     import torch
@@ -493,10 +493,8 @@ class Estimator:
             dev = buf.to(self.device, non_blocking=True)
             patches = dev[ry[:, None, :, None], rx[None, :, None, :]].reshape(-1, 1, p, p)
         else:
-            # gather rows of patches from a window view of the float32 frame into a
-            # buffer reused for this geometry (a fresh 15 MB tensor costs page faults)
-            f = torch.from_numpy(np.array(a, dtype=np.float32))
-            win = f.unfold(0, p, 1).unfold(1, p, 1)
+            # copy the patches straight from the frame into a float32 buffer reused for
+            # this geometry (a fresh 15 MB tensor costs page faults)
             bkey = (rows, cols, threading.get_ident())  # one buffer per calling thread
             cached = self._patch_buf.get(bkey)
             if cached is None:
@@ -504,9 +502,7 @@ class Estimator:
                 if len(self._patch_buf) >= 4:
                     self._patch_buf.clear()
                 self._patch_buf[bkey] = cached
-            for i, y in enumerate(sy.tolist()):
-                torch.index_select(win[y], 0, rx[:, 0], out=cached[i])
-            patches = cached.reshape(-1, 1, p, p)
+            patches = gather_patches(a, sy, sx, p, cached).reshape(-1, 1, p, p)
             inplace = True
         self._sync()
         t1 = time.perf_counter()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["check_frame", "extract_patches", "patch_centers", "patch_starts"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["check_frame", "extract_patches", "gather_patches", "patch_centers", "patch_starts"]
 
 PATCH_SIZE = 128
 DEFAULT_STRIDE = 64
@@ -126,3 +131,65 @@ def extract_patches(
     for i, y in enumerate(sy):
         patches[i] = windows[y, sx]
     return patches, patch_centers(sy, patch_size), patch_centers(sx, patch_size)
+
+
+def _blocks(starts: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Split patch starts into runs of constant step: (first index, count, start, step)."""
+    s = [int(v) for v in starts]
+    out: list[tuple[int, int, int, int]] = []
+    i = 0
+    while i < len(s):
+        step = s[i + 1] - s[i] if i + 1 < len(s) else 0
+        n = 1
+        while i + n < len(s) and s[i + n] - s[i + n - 1] == step:
+            n += 1
+        out.append((i, n, s[i], step if n > 1 else 0))
+        i += n
+    return out
+
+
+def gather_patches(
+    frame: np.ndarray,
+    starts_y: np.ndarray,
+    starts_x: np.ndarray,
+    patch_size: int,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """Copy the patches of a frame into a float32 tensor, converting in the same pass.
+
+    Equal to :func:`extract_patches` for the same starts, without the float32 copy of the
+    whole frame and the gather that follows it: each run of equally spaced starts is one
+    strided view of the frame, copied (and converted) straight into ``out``. For the 64
+    patches of a 1024 x 1024 uint16 frame this takes about a third of the time.
+
+    Parameters
+    ----------
+    frame : numpy.ndarray
+        2D frame (validated by :func:`check_frame`), any real dtype torch can view.
+    starts_y, starts_x : numpy.ndarray
+        Patch starts along rows and columns (:func:`patch_starts`).
+    patch_size : int
+        Patch side in pixels.
+    out : torch.Tensor
+        CPU float32 tensor of shape (rows, cols, patch_size, patch_size), filled in place.
+
+    Returns
+    -------
+    torch.Tensor
+        ``out``.
+    """
+    import torch
+
+    a = frame
+    if not (a.flags.c_contiguous and a.flags.writeable and a.dtype.isnative):
+        a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C")  # views need it
+    try:
+        src = torch.from_numpy(a)
+    except TypeError:  # a dtype this torch cannot view (uint16 before torch 2.3)
+        src = torch.from_numpy(a.astype(np.float32))
+    w, base, p = int(a.shape[1]), src.storage_offset(), patch_size
+    for i, ni, y, dy in _blocks(starts_y):
+        for j, nj, x, dx in _blocks(starts_x):
+            view = src.as_strided((ni, nj, p, p), (dy * w, dx, w, 1), base + y * w + x)
+            out[i : i + ni, j : j + nj].copy_(view)
+    return out
