@@ -347,10 +347,18 @@ def test_depth_map_and_tilt_with_calibration(qtbot: Any, core: Any, tmp_path: Pa
     assert shown[ok] == pytest.approx(smoothed[ok], rel=1e-4, abs=1e-4)
     assert np.abs(shown - expected)[ok].mean() < 0.7 * np.abs(raw - expected)[ok].mean()
     panel.depth_smooth_spin.setValue(0)
+    # a patch whose sign flipped stands out against its neighbours and is left out, as
+    # the depth command leaves it out (both go through psf_live.depth.map_depth)
+    flipped = _ramp_map()
+    flipped.params[2, 3, 2] = 3 * np.pi / 4  # across the lens axis: the other side of focus
+    panel._latest.put(2, np.zeros((512, 640), np.uint16), flipped, None)
+    qtbot.waitUntil(lambda: panel.maps_shown == 3, timeout=5000)
+    shown = panel.depth_view.image.image
+    assert np.isnan(shown[2, 3]) and np.isfinite(shown[2, [2, 4]]).all()
     # a map from another network than the calibration's is refused, not mis-coloured
     panel.load_calibration(other.save(tmp_path / "other.json"))
-    panel._latest.put(2, np.zeros((512, 640), np.uint16), _ramp_map(), None)
-    qtbot.waitUntil(lambda: panel.maps_shown == 3, timeout=5000)
+    panel._latest.put(3, np.zeros((512, 640), np.uint16), _ramp_map(), None)
+    qtbot.waitUntil(lambda: panel.maps_shown == 4, timeout=5000)
     assert panel.depth_view.image.image is None
     assert "other" in panel.depth_view.message.toPlainText()
     panel.load_calibration(None)

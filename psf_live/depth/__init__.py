@@ -45,6 +45,7 @@ from ._workflow import (
     assign_tilts,
     calibrate_frames,
     frame_depth,
+    map_depth,
     parse_tilts,
 )
 
@@ -75,6 +76,7 @@ __all__ = [
     "fit_calibration",
     "fit_depth_plane",
     "frame_depth",
+    "map_depth",
     "metric_reach",
     "parse_tilts",
     "robust_lstsq",

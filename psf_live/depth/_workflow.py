@@ -37,6 +37,7 @@ __all__ = [
     "assign_tilts",
     "calibrate_frames",
     "frame_depth",
+    "map_depth",
     "parse_tilts",
 ]
 
@@ -202,17 +203,53 @@ def frame_depth(
 ) -> FrameDepth:
     """Depth map (um) of one frame with a calibration, and the tilt of the sample plane.
 
-    With ``clean`` patches that disagree with their neighbours are dropped first
-    (:func:`~psf_live.depth.clean_depth`); with ``smooth`` > 0 the patch grid is then
-    smoothed by local planes over ``smooth`` patches around each
-    (:func:`~psf_live.depth.smooth_depth`: less noise, less lateral resolution).
+    Maps the frame and applies :func:`map_depth` (see there for ``full``, ``clean`` and
+    ``smooth``).
 
     Raises
     ------
     CalibrationError
         The mapper's network is not the calibration's.
     """
-    m = mapper.map(frame)
+    return map_depth(mapper.map(frame), calibration, full=full, clean=clean, smooth=smooth)
+
+
+def map_depth(
+    m: Any,
+    calibration: DepthCalibration,
+    full: bool = True,
+    clean: bool = True,
+    smooth: int = 0,
+) -> FrameDepth:
+    """Depth (um) of a PSF map with a calibration, and the tilt of the sample plane.
+
+    The one path from a map to depth: the ``depth`` command, the live panel and recording
+    sessions all go through it, so they show and store the same numbers.
+
+    Parameters
+    ----------
+    m : PSFMap
+        A map made by the calibration's network (:class:`~psf_live.estimate.PSFMap`).
+    calibration : DepthCalibration
+        The calibration.
+    full : bool
+        Also interpolate the map to the frame's full resolution (``FrameDepth.full``).
+    clean : bool
+        Drop patches that disagree with their neighbours first
+        (:func:`~psf_live.depth.clean_depth`).
+    smooth : int
+        When > 0, smooth the patch grid by local planes over ``smooth`` patches around
+        each (:func:`~psf_live.depth.smooth_depth`: less noise, less lateral resolution).
+
+    Returns
+    -------
+    FrameDepth
+
+    Raises
+    ------
+    CalibrationError
+        The map's network is not the calibration's.
+    """
     # the calibration's limits (reach, view spread) apply after the neighbour check:
     # imprecise patches are still on the right side of focus, so a patch whose sign
     # flipped among them stands out (against a hole it would not)

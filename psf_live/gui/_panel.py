@@ -631,11 +631,10 @@ class PSFLivePanel(QtWidgets.QWidget):
             self.astig_view.clear_map(f"{m.psf_model}: no astigmatism")
         if self.calibration is not None:
             try:
-                from psf_live.depth import depth_map, smooth_depth
+                from psf_live.depth import map_depth
 
-                depth = depth_map(m, self.calibration)
-                if (k := self.depth_smooth_spin.value()) > 0:
-                    depth = smooth_depth(depth, m.centers_y, m.centers_x, radius=k)
+                k = self.depth_smooth_spin.value()
+                depth = map_depth(m, self.calibration, full=False, smooth=k).grid
                 self.depth_view.set_map(depth, valid, rect)
             except Exception as exc:
                 self.depth_view.clear_map(f"depth: {exc}")

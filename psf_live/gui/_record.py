@@ -94,9 +94,9 @@ class Recorder:
             depth = None
             if self.calibration is not None:
                 with contextlib.suppress(Exception):
-                    from psf_live.depth import depth_map
+                    from psf_live.depth import map_depth
 
-                    depth = depth_map(m, self.calibration)
+                    depth = map_depth(m, self.calibration, full=False).grid
             try:
                 self._writer.append(raw=frame, params=m.params, valid=m.valid, depth=depth)
                 self.written += 1

@@ -249,9 +249,9 @@ class RecordSession:
         depth = None
         if self.calibration is not None:
             try:
-                from psf_live.depth import depth_map
+                from psf_live.depth import map_depth
 
-                depth = depth_map(m, self.calibration)
+                depth = map_depth(m, self.calibration, full=False).grid
             except Exception:
                 depth = np.full(m.valid.shape, np.nan, np.float32)
         params = np.asarray(m.params, np.float32)
