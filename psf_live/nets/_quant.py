@@ -97,7 +97,16 @@ def _prepare(net: nn.Module, float_modules: Sequence[str], patch_size: int) -> A
     for name in float_modules:
         qmap = qmap.set_module_name(name, None)
     example = torch.zeros(1, 1, patch_size, patch_size)
-    return prepare_fx(copy.deepcopy(net).cpu().eval(), qmap, (example,))
+    # the tracer's per-node stack traces would import torch._dynamo (2 s on first use)
+    config = importlib.import_module("torch.fx.config")
+    old = getattr(config, "do_not_emit_stack_traces", None)
+    if old is not None:
+        setattr(config, "do_not_emit_stack_traces", True)  # noqa: B010
+    try:
+        return prepare_fx(copy.deepcopy(net).cpu().eval(), qmap, (example,))
+    finally:
+        if old is not None:
+            setattr(config, "do_not_emit_stack_traces", old)  # noqa: B010
 
 
 def _convert(prepared: Any, patch_size: int) -> nn.Module:
