@@ -168,16 +168,9 @@ def int8_from_state(
 ) -> nn.Module:
     """Rebuild a quantised network from its float original and a saved int8 state_dict.
 
-    Parameters
-    ----------
-    net : torch.nn.Module
-        The float network the state was made from (same architecture and weights file).
-    state : dict
-        ``state_dict()`` of the network :func:`quantize_int8` returned.
-    float_modules : sequence of str
-        As given to :func:`quantize_int8`.
-    patch_size : int
-        Patch side P.
+    ``net``, ``float_modules`` and ``patch_size`` as for :func:`quantize_int8` when the
+    state was made; ``state`` is the ``state_dict()`` of the network it returned. The
+    layout is rebuilt with a dummy calibration, whose scales the saved ones replace.
 
     Returns
     -------
@@ -189,15 +182,11 @@ def int8_from_state(
     RuntimeError
         int8 unavailable here, or the state does not match the network's int8 layout.
     """
+    q = quantize_int8(net, [torch.zeros(1, 1, patch_size, patch_size)], float_modules, patch_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _set_engine()
-        prepared = _prepare(net, float_modules, patch_size)
-        with torch.inference_mode():  # any batch: the saved scales replace its statistics
-            prepared(torch.zeros(1, 1, patch_size, patch_size))
-        q = _convert(prepared, patch_size)
         try:
             q.load_state_dict(state)
         except KeyError as e:  # quantised modules index the state directly
             raise RuntimeError(f"int8 state lacks {e}") from None
-        return q
+    return q
