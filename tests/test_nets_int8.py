@@ -103,6 +103,8 @@ def test_estimator_uses_int8_weights_on_cpu(saved: Path) -> None:
     auto = Estimator.load(saved, device="cpu")
     assert auto.precision == "int8" and auto.precision_check["int8"] is True
     assert auto.meta["precision"] == "int8"
+    # the probe goes through the network once per patch, with test-time augmentation too
+    assert Estimator.load(saved, device="cpu", tta=True).precision == "int8"
     fp32 = Estimator.load(saved, device="cpu", precision="fp32")
     assert fp32.precision == "fp32"
     frame = np.random.default_rng(0).poisson(200, (384, 384)).astype(np.uint16)

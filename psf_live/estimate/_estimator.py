@@ -297,10 +297,25 @@ class Estimator:
         return result
 
     def _probe_outputs(self) -> tuple[np.ndarray, np.ndarray]:
-        """Run the fixed probe batch (:func:`psf_live.nets.probe_patches`)."""
+        """Run the fixed probe batch (:func:`psf_live.nets.probe_patches`).
+
+        Once per patch through the network: no test-time augmentation, as
+        ``training.quantize`` recorded it.
+        """
+        import torch
+
         from psf_live.nets import probe_patches
 
-        return self.predict_patches(probe_patches(self.patch_size).to(self.device))
+        with torch.inference_mode():
+            x = self._normalize(probe_patches(self.patch_size).to(self.device))
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            prob, params = self.codec.decode(self._forward(x).float())
+        n = x.shape[0]
+        return (
+            _to_numpy(prob).astype(np.float32).reshape(n),
+            _to_numpy(params).astype(np.float32).reshape(n, -1),
+        )
 
     def _check_bf16(self) -> dict[str, Any]:
         """Compare bf16 and fp32 outputs on the probe batch (max difference)."""
