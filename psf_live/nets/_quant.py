@@ -32,9 +32,13 @@ __all__ = [
     "quantize_int8",
 ]
 
-#: Modules kept in float32, per architecture: the stem that reads the normalised patch and
-#: the head. Other architectures have no int8 recipe yet.
-INT8_FLOAT_MODULES: dict[str, tuple[str, ...]] = {"compact": ("features.0", "head")}
+#: Modules kept in float32, per architecture: what reads the normalised patch (the compact
+#: net's stem; the spectral net's FFT front end and first convolution) and the head. Other
+#: architectures have no int8 recipe yet.
+INT8_FLOAT_MODULES: dict[str, tuple[str, ...]] = {
+    "compact": ("features.0", "head"),
+    "spectral": ("spectrum", "features.0", "head"),
+}
 
 _ENGINES = ("x86", "fbgemm")
 
