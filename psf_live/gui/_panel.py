@@ -349,7 +349,9 @@ class PSFLivePanel(QtWidgets.QWidget):
         self.model_combo.blockSignals(False)
         self.readouts["model"].setText(self.model_name)
         dev = getattr(self.estimator, "device", None)
-        self.readouts["device"].setText(str(dev).upper() if dev is not None else "-")
+        prec = getattr(self.estimator, "precision", None)  # the arithmetic the maps come from
+        where = str(dev).upper() if dev is not None else "-"
+        self.readouts["device"].setText(f"{where} {prec}" if dev is not None and prec else where)
         if self.estimator is None:
             msg = f"{_NO_MODEL}: {self.model_error}" if self.model_error else _NO_MODEL
             self.status.setText(msg)
