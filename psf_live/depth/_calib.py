@@ -546,11 +546,12 @@ def clean_depth(
     """
     d = np.asarray(depth, dtype=np.float64)
     dev = np.full_like(d, np.nan)
-    for i, j, A, v in _neighbour_windows(d, centers_y, centers_x, radius, include_self=False):
-        if len(v) < 4:
-            continue
-        coef, _ = robust_lstsq(A, v, n_iter=10)
-        dev[i, j] = d[i, j] - coef[0]
+    ii, jj, A, v, ok = _neighbour_stack(d, centers_y, centers_x, radius)
+    enough = ok.sum(axis=1) >= 4
+    if enough.any():
+        ii, jj, A, v, ok = ii[enough], jj[enough], A[enough], v[enough], ok[enough]
+        coef = _robust_planes(A, v, ok, n_iter=10)
+        dev[ii, jj] = d[ii, jj] - coef[:, 0]
     fin = np.isfinite(dev)
     out = d.copy()
     if fin.any():
@@ -628,6 +629,78 @@ def smooth_depth(
     inv = np.where(S > 1e-10 * S[..., :1], 1.0 / np.where(S > 0, S, 1.0), 0.0)
     coef = np.einsum("...ji,...j,...kj,...k->...i", Vt, inv, U, rhs)
     return np.where(fin, coef[..., 0], d).astype(np.float32)  # NaN (or inf) patches stay
+
+
+def _neighbour_stack(
+    d: np.ndarray, centers_y: npt.ArrayLike, centers_x: npt.ArrayLike, radius: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Stack the windows of :func:`_neighbour_windows` (without the patch itself).
+
+    Returns the rows and columns of the finite patches, (P,) each; the design matrices
+    ``[1, dy, dx]`` and values of their neighbours, (P, W, 3) and (P, W) with
+    ``W = (2 radius + 1)^2 - 1`` slots; and which slots hold a finite neighbour, (P, W).
+    """
+    cy = np.asarray(centers_y, dtype=np.float64)
+    cx = np.asarray(centers_x, dtype=np.float64)
+    rows, cols = d.shape
+    off = np.arange(-radius, radius + 1)
+    dy, dx = np.meshgrid(off, off, indexing="ij")
+    keep = (dy != 0) | (dx != 0)
+    dy, dx = dy[keep], dx[keep]
+    ii, jj = np.nonzero(np.isfinite(d))
+    ni, nj = ii[:, None] + dy[None], jj[:, None] + dx[None]
+    inside = (ni >= 0) & (ni < rows) & (nj >= 0) & (nj < cols)
+    ni_c, nj_c = np.clip(ni, 0, rows - 1), np.clip(nj, 0, cols - 1)
+    v = d[ni_c, nj_c]
+    ok = inside & np.isfinite(v)
+    A = np.stack(
+        [np.ones(ni.shape), cy[ni_c] - cy[ii][:, None], cx[nj_c] - cx[jj][:, None]], axis=-1
+    )
+    return ii, jj, A, np.where(ok, v, 0.0), ok
+
+
+def _robust_planes(
+    A: np.ndarray, v: np.ndarray, ok: np.ndarray, c: float = 1.345, n_iter: int = 30
+) -> np.ndarray:
+    """:func:`robust_lstsq` for a stack of small problems at once (masked slots).
+
+    The same iterations, scale and stopping rule per problem, through the weighted normal
+    equations with a vanishing ridge (1e-12 of their trace), whose solution is the
+    minimum-norm least-squares one that ``numpy.linalg.lstsq`` gives, also where the
+    neighbours are collinear.
+    """
+    n = ok.sum(axis=1)
+    lo, hi = (n - 1) // 2, n // 2
+    rows = np.arange(len(v))
+    eye = np.eye(A.shape[-1])
+
+    def solve(w: np.ndarray) -> np.ndarray:
+        aw = A * w[..., None]
+        m = np.matmul(aw.transpose(0, 2, 1), A)
+        ridge = 1e-12 * np.trace(m, axis1=1, axis2=2)[:, None, None] * eye
+        rhs = np.matmul(aw.transpose(0, 2, 1), v[..., None])
+        return np.linalg.solve(m + ridge, rhs)[..., 0]
+
+    def median(r: np.ndarray) -> np.ndarray:  # over the valid slots of each row
+        srt = np.sort(np.where(ok, r, np.inf), axis=1)
+        return 0.5 * (srt[rows, lo] + srt[rows, hi])
+
+    w = ok.astype(np.float64)
+    coef = solve(w)
+    active = np.ones(len(v), dtype=bool)
+    for _ in range(n_iter):
+        r = np.abs(v - np.matmul(A, coef[..., None])[..., 0])
+        s = 1.4826 * median(r)
+        active &= s > 1e-12
+        if not active.any():
+            break
+        u = r / (c * np.maximum(s, 1e-300)[:, None])
+        w = np.where(ok, np.where(u <= 1.0, 1.0, 1.0 / np.maximum(u, 1e-12)), 0.0)
+        new = solve(w)
+        done = np.all(np.isclose(new, coef, rtol=1e-8, atol=1e-10), axis=1)
+        coef[active] = new[active]
+        active &= ~done
+    return coef
 
 
 def _neighbour_windows(
