@@ -193,6 +193,14 @@ def test_training_quantize_writes_a_usable_int8_model(
     assert loaded.int8["weights_sha256"] == loaded.sha256
     assert loaded.int8["metrics"]["test_patches"] == 16
     assert Estimator.load(pt, device="cpu").precision == "int8"
+    # and training.evaluate scores the int8 network itself
+    from training import evaluate
+
+    out = tmp_path / "eval"
+    ev = ["--model", str(pt), "--int8", "--batches", "1", "--batch-size", "8"]
+    assert evaluate.main([*ev, "--bank-size", "8", "--no-sweep", "--out", str(out)]) == 0
+    assert "Table III-style: g-int8 (gaussian1, compact)" in capsys.readouterr().out
+    assert "g-int8" in json.loads((out / "report.json").read_text())["models"]
     tiny = ModelCard.for_psf_model("t", "gaussian1", "tiny")
     tpt = save_model(build_net("tiny", tiny.n_outputs), tiny, tmp_path / "t")
     assert quantize.main(["--model", str(tpt)]) == 2  # no int8 recipe for that architecture

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from psf_live.models import load_model
+from psf_live.models import load_int8, load_model
 from psf_live.nets import dihedral_mean, get_codec
 
 from .data import DEFAULT_TYPES, Batch, DegradeConfig, PatchStream, PSFBank
@@ -93,7 +93,8 @@ class DihedralMean(torch.nn.Module):
 @torch.no_grad()
 def predict(net: torch.nn.Module, psf_model: str, batches: list[Batch]) -> dict[str, torch.Tensor]:
     codec = get_codec(psf_model)
-    dev = next(net.parameters()).device
+    first = next(net.parameters(), None)  # an int8 network has no float parameters: CPU
+    dev = first.device if first is not None else torch.device("cpu")
     out: dict[str, list[torch.Tensor]] = {"pred": [], "true": [], "prob": [], "inv": [], "w": []}
     for b in batches:
         prob, p = codec.decode(net(b.x.to(dev)).float().cpu())
@@ -427,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         "--tta", action="store_true", help="score with test-time augmentation (8 symmetries)"
     )
     p.add_argument(
+        "--int8",
+        action="store_true",
+        help="score the model's int8 weights (training.quantize; the CPU default where shipped)",
+    )
+    p.add_argument(
         "--bank-size", type=int, default=512, help="Zernike kernels rendered for the test"
     )
     p.add_argument(
@@ -453,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     table4: dict[str, dict[str, float]] = {}
     for spec in a.model.split(","):
         net, card = load_model(spec.strip())
+        if a.int8:
+            net = load_int8(spec.strip(), net, card)
+            card.name = f"{card.name}-int8"
         pm = card.psf_model
         if a.tta:
             net = DihedralMean(net, pm)

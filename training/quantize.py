@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     batches = [test.next(bs) for _ in range(a.test_batches)]
     r32 = predict(net, card.psf_model, batches)
-    r8 = predict(_WithParam(qnet), card.psf_model, batches)
+    r8 = predict(qnet, card.psf_model, batches)
     s32, s8 = score(card.psf_model, r32), score(card.psf_model, r8)
     keep = (r32["inv"] == 0) & (r32["w"] > 0)
     diff = (r8["pred"] - r32["pred"])[keep]
@@ -154,18 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     out = save_int8(qnet, model_path(a.model), info)
     print(f"wrote {out} and its entry in {model_path(a.model).with_suffix('.json')}")
     return 0
-
-
-class _WithParam(torch.nn.Module):
-    """A quantised net has no float parameters; ``predict`` looks one up for the device."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 if __name__ == "__main__":
