@@ -8,7 +8,10 @@ field extension, kernels trimmed to 99 % of their energy, the default) for
 
 and ``skimage.restoration.richardson_lucy`` on the same 1024x1024 image with one
 PSF and 20 iterations, with the ratio. Kernel rendering is timed separately
-(the live path caches kernels). Run: ``.venv/bin/python benchmarks/deconv_speed.py``.
+(the live path caches kernels). With ``--refine`` it also times, once per size,
+``psf_live.deconv.refine_size`` (the blind PSF-size refinement of ``psf-live deconvolve
+--refine``: 16 RL runs of 40 iterations) on a zernike1 map of the same image.
+Run: ``.venv/bin/python benchmarks/deconv_speed.py [--refine]``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-focus", type=float, default=0.6, help="Zernike focus range (waves)")
+    ap.add_argument("--refine", action="store_true", help="also time refine_size once per size")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from skimage.restoration import richardson_lucy
@@ -96,6 +100,8 @@ def main() -> None:
             f"[forced methods in the same run: {others}]; "
             f"rendering {g * g} kernels {t_render * 1e3:.0f} ms"
         )
+        if a.refine:
+            _time_refine(img, focus.reshape(g, g), centers)
         if n == 1024:
             one = trim_kernels(ks[:1])[0].numpy().astype(np.float64)
             img64 = (img / img.max()).astype(np.float64)
@@ -114,6 +120,36 @@ def main() -> None:
                 f"{dts * 1e3:.0f} ms; ours 1 PSF {dt1 * 1e3:.0f} ms; "
                 f"ours 64 PSFs / skimage 1 PSF = {dt / dts:.2f}x"
             )
+
+
+def _time_refine(img: np.ndarray, focus: np.ndarray, centers: np.ndarray) -> None:
+    """One timed ``refine_size`` on ``img`` with a zernike1 map of ``focus`` (camera known)."""
+    from psf_live.deconv import REFINE_ITERATIONS, REFINE_SCALES, refine_size
+    from psf_live.estimate import PSFMap
+    from psf_live.psf import get_model
+
+    pm = get_model("zernike1")
+    g = focus.shape[0]
+    m = PSFMap(
+        params=focus[..., None].astype(np.float32),
+        valid=np.ones((g, g), bool),
+        valid_prob=np.ones((g, g), np.float32),
+        centers_y=centers,
+        centers_x=centers,
+        param_names=pm.param_names,
+        units=pm.units,
+        psf_model="zernike1",
+        frame_shape=img.shape,
+        patch_size=128,
+        stride=int(img.shape[0] // g),
+    )
+    t = time.perf_counter()
+    refine_size(img, m, gain=1.0)
+    dt = time.perf_counter() - t
+    print(
+        f"refine_size {img.shape[0]}x{img.shape[1]}, {g * g} PSFs ({2 * len(REFINE_SCALES)} RL "
+        f"runs of {REFINE_ITERATIONS} it.): {dt:.2f} s (once)"
+    )
 
 
 if __name__ == "__main__":

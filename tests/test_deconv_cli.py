@@ -190,3 +190,62 @@ def test_deconvolve_shrink_bad_input(tmp_path: Path, case: str) -> None:
     want = {"blind_without_tta": "--tta", "map_without_views": str(mp)}.get(case, "'auto'")
     assert want in lines[0]
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_deconvolve_refine_rescales_a_too_large_map(tmp_path: Path) -> None:
+    """--refine pulls a map 30 % too wide back towards the true widths (where they are 1.5 px
+    or more: below, the score prefers larger Gaussians, test_deconv_refine), stores the
+    factors as `psf_scale` beside the unchanged estimates, and deconvolves with them."""
+    img, _, _ = _make(tmp_path)
+    true = np.array([[1.0, 2.0], [2.5, 1.5]], np.float32)
+    wide = tmp_path / "wide.npz"
+    np.savez(
+        wide,
+        params=(1.3 * true)[..., None],
+        names=np.array(["width"]),
+        valid=np.ones((2, 2), bool),
+        centers_y=np.array([24.0, 72.0]),
+        centers_x=np.array([24.0, 72.0]),
+    )
+    out = tmp_path / "r.zarr"
+    args = ["deconvolve", str(img), "-o", str(out), "--psf-map", str(wide), "-n", "5"]
+    res = runner.invoke(app, [*args, "--refine", "--gain", "1", "--read-noise", "0"])
+    assert res.exit_code == 0, res.output
+    assert "refined from the frame" in res.output
+    s = load_store(out)
+    scale = s["psf_scale"][0]
+    wide_enough = true >= 1.5
+    assert scale.shape == (2, 2) and (scale[wide_enough] < 0.95).all(), scale
+    np.testing.assert_allclose(s["params"][0, ..., 0], 1.3 * true, rtol=1e-6)
+    meta = s["metadata"]["deconvolution"]["refine"]
+    assert meta["camera"] == {"gain_adu_per_e": 1.0, "offset_adu": 0.0, "read_noise_e": 0.0}
+    assert verify_store(out)["ok"]
+    # the deconvolution used the refined widths: the same as giving them by hand
+    hand = tmp_path / "hand.npz"
+    d = dict(np.load(wide))
+    d["params"] = (1.3 * true * scale)[..., None].astype(np.float32)
+    np.savez(hand, **d)
+    out2 = tmp_path / "h.zarr"
+    res = runner.invoke(
+        app, ["deconvolve", str(img), "-o", str(out2), "--psf-map", str(hand), "-n", "5"]
+    )
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(
+        s["deconvolved"], load_store(out2)["deconvolved"], rtol=1e-4, atol=1e-3
+    )
+
+
+@pytest.mark.parametrize("case", ["with_shrink", "zero_gain"])
+def test_deconvolve_refine_bad_input(tmp_path: Path, case: str) -> None:
+    img, mp, _ = _make(tmp_path)
+    args = ["deconvolve", str(img), "-o", str(tmp_path / "o.zarr"), "--psf-map", str(mp)]
+    args += {
+        "with_shrink": ["--refine", "--shrink", "1"],
+        "zero_gain": ["--refine", "--gain", "0"],
+    }[case]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert {"with_shrink": "refine replaces shrink", "zero_gain": "gain"}[case] in lines[0]
+    assert not (tmp_path / "o.zarr").exists()

@@ -2,7 +2,7 @@
 
 from ._formation import OverlapAdd, bilinear_weights, convolve, irfft2
 from ._models import PSF_MODELS, PSFModel, get_model
-from ._noise import add_noise
+from ._noise import add_noise, estimate_noise
 from ._optics import Optics, defocus_um_to_waves, defocus_waves_to_um
 from ._plane import TILT_AXES, TiltAxis, plane_depth, tilt_direction
 from ._render import as_params, gaussian_psf, next_fast_len, render_psf, zernike_psf
@@ -20,6 +20,7 @@ __all__ = [
     "convolve",
     "defocus_um_to_waves",
     "defocus_waves_to_um",
+    "estimate_noise",
     "gaussian_psf",
     "get_model",
     "irfft2",

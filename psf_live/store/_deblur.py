@@ -114,6 +114,10 @@ def deblur_file(
     progress: bool = True,
     tta: bool = False,
     shrink: float | str = "auto",
+    refine: bool = False,
+    gain: float | None = None,
+    offset: float = 0.0,
+    read_noise: float = 0.0,
 ) -> dict[str, Any]:
     """Estimate (or read) the PSF map of every frame, deconvolve it and save the result.
 
@@ -143,17 +147,32 @@ def deblur_file(
         deconvolving (:func:`psf_live.deconv.shrink_uncertain`); ``"auto"``:
         :func:`psf_live.deconv.default_shrink` (1.5 for Zernike maps with views, else 0).
         The saved ``params`` are the estimates themselves.
+    refine : bool
+        Rescale each patch's PSF size to what the frame itself predicts best
+        (:func:`psf_live.deconv.refine_size`, Poisson-thinning cross-validation;
+        16 extra RL runs per frame) before deconvolving; replaces ``shrink`` (whose
+        ``"auto"`` then means 0; a number > 0 with it is an error). A ``.zarr``
+        output gets the factors as its ``psf_scale`` array.
+    gain, offset, read_noise : float
+        Camera model for ``refine``: ADU per photo-electron (None: estimated from each
+        frame, :func:`psf_live.psf.estimate_noise`), dark offset (ADU), read noise
+        (electrons RMS).
 
     Returns
     -------
     dict
-        ``frames``, ``grid``, ``psf_model``, ``output``.
+        ``frames``, ``grid``, ``psf_model``, ``output``, ``settings`` and, with
+        ``refine``, ``psf_scale_median`` (the median factor of each frame's valid patches).
     """
     from tqdm import tqdm
 
     from psf_live.deconv import (
+        REFINE_ITERATIONS,
+        REFINE_MIN_SNR,
+        REFINE_SCALES,
         default_shrink,
         parse_shrink,
+        refine_size,
         richardson_lucy_tv,
         shrink_uncertain,
     )
@@ -167,6 +186,16 @@ def deblur_file(
     if out.exists() and not overwrite:
         raise ValueError(f"{out}: already exists")
     shrink_k = parse_shrink(shrink)
+    if refine:
+        if shrink_k:
+            raise ValueError(
+                f"refine replaces shrink: give one of them (shrink {shrink_k:g} with refine)"
+            )
+        shrink_k = 0.0
+        if gain is not None and not gain > 0:
+            raise ValueError(f"gain must be > 0 ADU per electron, got {gain}")
+        if read_noise < 0:
+            raise ValueError(f"read noise must be >= 0 electrons, got {read_noise}")
     if shrink_k and psf_map is None and not tta:
         raise ValueError(
             f"shrink {shrink_k:g} needs the spread of the test-time-augmentation views: "
@@ -203,6 +232,17 @@ def deblur_file(
         "method": "TV-RL (Dey 2006)",
         "shrink": "auto" if shrink_k is None else shrink_k,
     }
+    if refine:
+        settings["refine"] = {
+            "method": "Poisson-thinning cross-validation (psf_live.deconv.refine_size)",
+            "scales": list(REFINE_SCALES),
+            "iterations": REFINE_ITERATIONS,
+            "min_snr": REFINE_MIN_SNR,
+            "camera": "estimated per frame"
+            if gain is None
+            else {"gain_adu_per_e": gain, "offset_adu": offset, "read_noise_e": read_noise},
+        }
+    scales: list[float] = []
     writer = None
     results: list[np.ndarray] = []
     if suffix == ".zarr":
@@ -224,9 +264,15 @@ def deblur_file(
                 raise ValueError(f"{image}: frame {t} contains NaN or inf")
             k = default_shrink(m) if shrink_k is None else shrink_k
             settings["shrink_applied"] = k
+            used, scale = shrink_uncertain(m, k), None
+            if refine:
+                used, scale = refine_size(
+                    frame, m, gain=gain, offset=offset, read_noise=read_noise, seed=t
+                )
+                scales.append(float(np.median(scale[m.valid])) if m.valid.any() else 1.0)
             d = richardson_lucy_tv(
                 frame.astype(np.float32),
-                shrink_uncertain(m, k),
+                used,
                 num_iter=iterations,
                 lambda_tv=lambda_tv,
             )
@@ -241,7 +287,9 @@ def deblur_file(
                         optics=(m.meta or {}).get("optics", {}),
                         deconvolution=settings,
                     )
-                writer.append(frame, params=m.params, valid=m.valid, deconvolved=d)
+                writer.append(
+                    frame, params=m.params, valid=m.valid, deconvolved=d, psf_scale=scale
+                )
             else:
                 results.append(d)
     finally:
@@ -258,4 +306,5 @@ def deblur_file(
         "psf_model": first.psf_model,
         "output": str(out),
         "settings": settings,
+        "psf_scale_median": scales,
     }

@@ -11,6 +11,8 @@ Layout of one store (a zarr v3 group)::
       params/          (T, rows, cols, N)   float32,      chunk (1, rows, cols, N)
       valid/           (T, rows, cols)      bool,         chunk (1, rows, cols)
       depth/           (T, rows, cols)      float32,      chunk (1, rows, cols)
+      psf_scale/       (T, rows, cols)      float32,      chunk (1, rows, cols)
+                       (deblurred with ``refine``: the factor on each patch's PSF size)
 
 Crash safety (write-then-count): a frame's chunk is written first, and only then
 is ``psf_live.frames[array]`` raised to count it. Every zarr file write of the
@@ -40,7 +42,7 @@ import numpy.typing as npt
 __all__ = ["LAYOUT_VERSION", "SessionWriter", "load_store", "verify_store"]
 
 LAYOUT_VERSION = 1
-_FRAME_ARRAYS = ("raw", "deconvolved", "params", "valid", "depth")
+_FRAME_ARRAYS = ("raw", "deconvolved", "params", "valid", "depth", "psf_scale")
 
 
 def _compressors() -> Any:
@@ -224,7 +226,7 @@ class SessionWriter:
         a = np.asarray(data)
         if name == "deconvolved":
             a = a.astype(np.float32, copy=False)
-        if name in ("params", "depth"):
+        if name in ("params", "depth", "psf_scale"):
             a = a.astype(np.float32, copy=False)
         arr = self._array(name, a)
         if index < 0:
@@ -249,6 +251,7 @@ class SessionWriter:
         valid: npt.ArrayLike | None = None,
         depth: npt.ArrayLike | None = None,
         deconvolved: npt.ArrayLike | None = None,
+        psf_scale: npt.ArrayLike | None = None,
     ) -> int:
         """Append one frame (raw plus whatever per-frame products are given).
 
@@ -263,6 +266,7 @@ class SessionWriter:
             "valid": valid,
             "depth": depth,
             "deconvolved": deconvolved,
+            "psf_scale": psf_scale,
         }
         r = np.asarray(raw)
         if r.ndim != 2:
