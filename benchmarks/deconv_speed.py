@@ -10,7 +10,7 @@ and ``skimage.restoration.richardson_lucy`` on the same 1024x1024 image with one
 PSF and 20 iterations, with the ratio. Kernel rendering is timed separately
 (the live path caches kernels). With ``--refine`` it also times, once per size,
 ``psf_live.deconv.refine_size`` (the blind PSF-size refinement of ``psf-live deconvolve
---refine``: 16 RL runs of 40 iterations) on a zernike1 map of the same image.
+--refine``: 16 RL runs of 80 iterations for Zernike maps) on a zernike1 map of the same image.
 Run: ``.venv/bin/python benchmarks/deconv_speed.py [--refine]``.
 """
 
@@ -124,7 +124,7 @@ def main() -> None:
 
 def _time_refine(img: np.ndarray, focus: np.ndarray, centers: np.ndarray) -> None:
     """One timed ``refine_size`` on ``img`` with a zernike1 map of ``focus`` (camera known)."""
-    from psf_live.deconv import REFINE_ITERATIONS, REFINE_SCALES, refine_size
+    from psf_live.deconv import REFINE_SCALES, refine_iterations, refine_size
     from psf_live.estimate import PSFMap
     from psf_live.psf import get_model
 
@@ -148,7 +148,7 @@ def _time_refine(img: np.ndarray, focus: np.ndarray, centers: np.ndarray) -> Non
     dt = time.perf_counter() - t
     print(
         f"refine_size {img.shape[0]}x{img.shape[1]}, {g * g} PSFs ({2 * len(REFINE_SCALES)} RL "
-        f"runs of {REFINE_ITERATIONS} it.): {dt:.2f} s (once)"
+        f"runs of {refine_iterations('zernike1')} it.): {dt:.2f} s (once)"
     )
 
 

@@ -6,6 +6,7 @@ from ._refine import (
     REFINE_MIN_SNR,
     REFINE_SCALES,
     photon_counts,
+    refine_iterations,
     refine_size,
     structure_snr,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "parse_shrink",
     "photon_counts",
     "poisson_nll",
+    "refine_iterations",
     "refine_size",
     "richardson_lucy_tv",
     "shrink_uncertain",

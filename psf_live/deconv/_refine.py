@@ -14,7 +14,7 @@ widths) that scores best on the pixels nearest its centre.
 
 Two details decide whether the score is usable:
 
-* The deconvolution used for scoring is plain RL run to near convergence (40 iterations,
+* The deconvolution used for scoring is plain RL run to near convergence (80 iterations,
   no TV): TV and early stopping both favour small kernels, and with TV-RL's 20 iterations
   the score picked 0.6 x the estimate nearly everywhere.
 * The halves are independent only if ``n`` counts photons. Gaussian read noise of
@@ -34,7 +34,7 @@ have that freedom.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ __all__ = [
     "REFINE_MIN_SNR",
     "REFINE_SCALES",
     "photon_counts",
+    "refine_iterations",
     "refine_size",
     "structure_snr",
 ]
@@ -56,12 +57,19 @@ __all__ = [
 REFINE_SCALES = (0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)
 """Factors on the estimated size parameters that :func:`refine_size` scores."""
 
-REFINE_ITERATIONS = 40
-"""RL iterations (no TV) of each scoring deconvolution.
+REFINE_ITERATIONS = {"zernike": 80, "gaussian": 40}
+"""RL iterations (no TV) of each scoring deconvolution, by PSF model kind.
 
-On 20 Table V images of a seed other than the benchmark's (Z-1 blur, zernike1 map with
-TTA): 20 / 30 / 40 / 80 iterations -> 88 / 93 / 96 / 94 % of the true-PSF gain; TV-RL's
-own 20 iterations with lambda 0.1: 80 %."""
+Two biases pull against each other. RL converges slowly for large kernels, and a score of
+under-converged deconvolutions prefers small ones: with 40 iterations a quadrant defocused
+by 0.84 waves (network 0.73) was refined to 0.44, with 160 to 0.81. The longer RL runs,
+the more noise it fits, and the more a larger kernel (which fits less) gains: a Gaussian
+blur, with no OTF zeros to pin its size, suffers this first. Chosen on Table V images of
+seeds 11 and 21 (the benchmark's is 5; maps with TTA, camera known), as % of the true-PSF
+gain. Z-1 blur, zernike1 map: seed 11 (20 images, global minimum, no structure threshold)
+20 / 30 / 40 / 80 iterations -> 88 / 93 / 96 / 94 %, TV-RL's own 20 iterations with lambda
+0.1 80 %; with the rules of :func:`refine_size` 40 / 80 -> 96 / 95 %; seed 21 (30 images)
+40 / 80 / 160 -> 90 / 94 / 92 %. G-1 blur, gaussian1 map, seed 11: 40 / 80 -> 96 / 92 %."""
 
 REFINE_MIN_SNR = 4.0
 """Pixels scored by :func:`refine_size`: those where :func:`structure_snr` exceeds this.
@@ -71,7 +79,16 @@ larger kernel, so scoring them pulled sparse patches towards the largest scale (
 cell-culture corner: 0.43 for a true 0.30 waves; within 7 % with the threshold). On 20
 Table V images of seed 11 (the benchmark's is 5), camera known, global minimum of the
 score: no threshold / 3 / 4 / 9 -> 96 / 96 / 96 / 94 % of the true-PSF gain on Z-1 blur,
-95 / - / 96 / 97 % on G-1 blur."""
+95 / - / 96 / 97 % on G-1 blur. With the nearest minimum (:func:`refine_size`) and 4:
+96 % on Z-1 with the camera known and with it estimated (93 % estimated before), 96 / 97 %
+on G-1."""
+
+
+def refine_iterations(psf_model: str) -> int:
+    """Default RL iterations of :func:`refine_size` for a PSF model (:data:`REFINE_ITERATIONS`)."""
+    from psf_live.psf import get_model
+
+    return REFINE_ITERATIONS[get_model(psf_model).kind]
 
 
 def photon_counts(
@@ -203,10 +220,12 @@ def refine_size(
     offset: float = 0.0,
     read_noise: float = 0.0,
     scales: Sequence[float] = REFINE_SCALES,
-    num_iter: int = REFINE_ITERATIONS,
+    num_iter: int | None = None,
     seed: int = 0,
     min_snr: float = REFINE_MIN_SNR,
+    splits: int = 1,
     device: torch.device | str | None = None,
+    callback: Callable[[int, int], None] | None = None,
 ) -> tuple[Any, np.ndarray]:
     """Rescale each patch's PSF size to the value the image itself predicts best.
 
@@ -235,14 +254,20 @@ def refine_size(
         ``gain=None`` estimates it from the frame (see :func:`photon_counts`).
     scales : sequence of float
         Increasing factors > 0 to score (at least 3).
-    num_iter : int
-        RL iterations per scoring deconvolution (>= 1).
+    num_iter : int, optional
+        RL iterations per scoring deconvolution (>= 1); default
+        :func:`refine_iterations` of the map's model.
     seed : int
         Seed of the binomial split, so a result can be reproduced.
     min_snr : float
         Score only pixels whose :func:`structure_snr` exceeds this (0: every pixel).
+    splits : int
+        Independent binomial splits whose scores are summed (each costs
+        ``2 len(scales)`` RL runs).
     device : torch.device or str, optional
         Where to deconvolve (default: CPU).
+    callback : callable, optional
+        Called as ``callback(done, total)`` after each scored factor (a progress bar).
 
     Returns
     -------
@@ -269,8 +294,12 @@ def refine_size(
         raise ValueError(f"need at least 3 positive scales, got {list(scales)}")
     if not (np.diff(s_grid) > 0).all():
         raise ValueError(f"scales must increase, got {list(scales)}")
+    if num_iter is None:
+        num_iter = refine_iterations(psf_map.psf_model)
     if int(num_iter) < 1:
         raise ValueError(f"num_iter must be >= 1, got {num_iter}")
+    if int(splits) < 1:
+        raise ValueError(f"splits must be >= 1, got {splits}")
     if not any(n in SIZE_PARAMS for n in psf_map.param_names):
         raise ValueError(f"the {psf_map.psf_model} map has no size parameter to refine")
     counts, bg = photon_counts(image, gain, offset, read_noise)
@@ -294,13 +323,15 @@ def refine_size(
         inner &= structure_snr(counts) > min_snr
     lab = label[inner]
     rng = np.random.default_rng(seed)
-    half1 = rng.binomial(counts, 0.5)
-    half2 = counts - half1
+    pairs = []
+    for _ in range(int(splits)):
+        half1 = rng.binomial(counts, 0.5)
+        pairs += [(half1, counts - half1), (counts - half1, half1)]
     nll = np.zeros((s_grid.size, rows * cols))
     for j, k in enumerate(kernels):
         kk = k.reshape(-1, k.shape[-2], k.shape[-1])
         op = OverlapAdd((h, w), cy, cx, kk, device=dev)
-        for fit, held in ((half1, half2), (half2, half1)):
+        for fit, held in pairs:
             x = richardson_lucy_tv(
                 np.clip(fit - bg / 2, 0, None).astype(np.float32),
                 kk,
@@ -315,6 +346,8 @@ def refine_size(
             mu_np = np.maximum(mu.cpu().numpy().astype(np.float64) + bg / 2, 1e-6)
             score = mu_np - held * np.log(mu_np)
             nll[j] += np.bincount(lab, weights=score[inner], minlength=rows * cols)
+        if callback is not None:
+            callback(j + 1, s_grid.size)
     scored = np.bincount(lab, minlength=rows * cols) > 0
     best = _nearest_minimum(nll, s_grid)
     log_s = np.log(s_grid)

@@ -236,7 +236,7 @@ def deblur_file(
         settings["refine"] = {
             "method": "Poisson-thinning cross-validation (psf_live.deconv.refine_size)",
             "scales": list(REFINE_SCALES),
-            "iterations": REFINE_ITERATIONS,
+            "iterations": REFINE_ITERATIONS,  # by PSF model kind
             "min_snr": REFINE_MIN_SNR,
             "camera": "estimated per frame"
             if gain is None
@@ -266,9 +266,26 @@ def deblur_file(
             settings["shrink_applied"] = k
             used, scale = shrink_uncertain(m, k), None
             if refine:
-                used, scale = refine_size(
-                    frame, m, gain=gain, offset=offset, read_noise=read_noise, seed=t
-                )
+                with tqdm(
+                    total=len(REFINE_SCALES),
+                    desc=f"refine PSF size, frame {t}",
+                    unit="scale",
+                    leave=False,
+                    disable=not progress,
+                ) as bar:
+
+                    def tick(done: int, total: int, bar: Any = bar) -> None:
+                        bar.update(done - bar.n)
+
+                    used, scale = refine_size(
+                        frame,
+                        m,
+                        gain=gain,
+                        offset=offset,
+                        read_noise=read_noise,
+                        seed=t,
+                        callback=tick,
+                    )
                 scales.append(float(np.median(scale[m.valid])) if m.valid.any() else 1.0)
             d = richardson_lucy_tv(
                 frame.astype(np.float32),
