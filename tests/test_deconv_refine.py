@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _maps import grid_map
 from scipy.ndimage import gaussian_filter
 
 from psf_live.deconv import REFINE_SCALES, photon_counts, refine_size
@@ -67,27 +68,10 @@ def test_photon_counts_folds_read_noise_in_as_counts() -> None:
         photon_counts(np.full((16, 16), np.nan), gain=1.0)
 
 
-def _uniform_map(
-    model: str, value: float, n: int = 256, valid: np.ndarray | None = None
-) -> PSFMap:
-    pm = get_model(model)
-    v = np.ones((2, 2), bool) if valid is None else valid
-    c = np.array([n / 4, 3 * n / 4])
-    params = np.full((2, 2, len(pm.param_names)), value, np.float32)
-    return PSFMap(
-        params=fill_invalid(params, v, c, c, param_names=pm.param_names),
-        valid=v,
-        valid_prob=v.astype(np.float32),
-        centers_y=c,
-        centers_x=c,
-        param_names=pm.param_names,
-        units=pm.units,
-        psf_model=model,
-        frame_shape=(n, n),
-        patch_size=n // 2,
-        stride=n // 2,
-        filled=True,
-    )
+def _uniform_map(model: str, value: float, valid: np.ndarray | None = None) -> PSFMap:
+    """2 x 2 patches of 128 px over a 256 x 256 frame, every parameter ``value``."""
+    n = len(get_model(model).param_names)
+    return grid_map(np.full((2, 2, n), value, np.float32), model, step=128, valid=valid)
 
 
 def _blurred(model: str, value: float, seed: int) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _maps import grid_map
 
 from psf_live.deconv import (
     ZERNIKE_SHRINK,
@@ -12,7 +13,7 @@ from psf_live.deconv import (
     richardson_lucy_tv,
     shrink_uncertain,
 )
-from psf_live.estimate import PSFMap, fill_invalid
+from psf_live.estimate import PSFMap
 from psf_live.psf import add_noise, convolve, get_model, render_psf
 from psf_live.sim import cells_sample
 
@@ -54,26 +55,7 @@ def test_gaussian_asymmetry_is_the_other_way() -> None:
 def _map(
     values: np.ndarray, views: np.ndarray | None, model: str, valid: np.ndarray | None = None
 ) -> PSFMap:
-    r, c, _ = values.shape
-    pm = get_model(model)
-    v = np.ones((r, c), bool) if valid is None else valid
-    cy = 64.0 + 64.0 * np.arange(r)
-    cx = 64.0 + 64.0 * np.arange(c)
-    return PSFMap(
-        params=fill_invalid(values, v, cy, cx, param_names=pm.param_names),
-        valid=v,
-        valid_prob=v.astype(np.float32),
-        centers_y=cy,
-        centers_x=cx,
-        param_names=pm.param_names,
-        units=pm.units,
-        psf_model=model,
-        frame_shape=(64 * r + 64, 64 * c + 64),
-        patch_size=128,
-        stride=64,
-        view_params=views,
-        filled=True,
-    )
+    return grid_map(values, model, valid=valid, views=views)
 
 
 def test_shrink_lowers_size_parameters_by_k_sd_and_keeps_the_axis() -> None:
