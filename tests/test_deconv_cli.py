@@ -219,6 +219,7 @@ def test_deconvolve_refine_rescales_a_too_large_map(tmp_path: Path) -> None:
     np.testing.assert_allclose(s["params"][0, ..., 0], 1.3 * true, rtol=1e-6)
     meta = s["metadata"]["deconvolution"]["refine"]
     assert meta["camera"] == {"gain_adu_per_e": 1.0, "offset_adu": 0.0, "read_noise_e": 0.0}
+    assert meta["iterations"] == 40  # the Gaussian default
     assert verify_store(out)["ok"]
     # the deconvolution used the refined widths: the same as giving them by hand
     hand = tmp_path / "hand.npz"
@@ -235,17 +236,27 @@ def test_deconvolve_refine_rescales_a_too_large_map(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("case", ["with_shrink", "zero_gain"])
+@pytest.mark.parametrize(
+    "case", ["with_shrink", "zero_gain", "noise_without_gain", "gain_without_refine"]
+)
 def test_deconvolve_refine_bad_input(tmp_path: Path, case: str) -> None:
     img, mp, _ = _make(tmp_path)
     args = ["deconvolve", str(img), "-o", str(tmp_path / "o.zarr"), "--psf-map", str(mp)]
     args += {
         "with_shrink": ["--refine", "--shrink", "1"],
         "zero_gain": ["--refine", "--gain", "0"],
+        "noise_without_gain": ["--refine", "--read-noise", "2"],
+        "gain_without_refine": ["--gain", "1"],
     }[case]
     res = runner.invoke(app, args)
     assert res.exit_code == 1
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), res.output
-    assert {"with_shrink": "refine replaces shrink", "zero_gain": "gain"}[case] in lines[0]
+    want = {
+        "with_shrink": "refine replaces shrink",
+        "zero_gain": "gain must be > 0",
+        "noise_without_gain": "need the gain too",
+        "gain_without_refine": "are for refine",
+    }[case]
+    assert want in lines[0]
     assert not (tmp_path / "o.zarr").exists()

@@ -167,11 +167,11 @@ def deblur_file(
     from tqdm import tqdm
 
     from psf_live.deconv import (
-        REFINE_ITERATIONS,
         REFINE_MIN_SNR,
         REFINE_SCALES,
         default_shrink,
         parse_shrink,
+        refine_iterations,
         refine_size,
         richardson_lucy_tv,
         shrink_uncertain,
@@ -196,6 +196,13 @@ def deblur_file(
             raise ValueError(f"gain must be > 0 ADU per electron, got {gain}")
         if read_noise < 0:
             raise ValueError(f"read noise must be >= 0 electrons, got {read_noise}")
+        if gain is None and (offset or read_noise):
+            raise ValueError(
+                "offset and read noise need the gain too (without it the camera's noise "
+                "is estimated from each frame)"
+            )
+    elif gain is not None or offset or read_noise:
+        raise ValueError("gain, offset and read noise are for refine (the PSF size check)")
     if shrink_k and psf_map is None and not tta:
         raise ValueError(
             f"shrink {shrink_k:g} needs the spread of the test-time-augmentation views: "
@@ -236,7 +243,6 @@ def deblur_file(
         settings["refine"] = {
             "method": "Poisson-thinning cross-validation (psf_live.deconv.refine_size)",
             "scales": list(REFINE_SCALES),
-            "iterations": REFINE_ITERATIONS,  # by PSF model kind
             "min_snr": REFINE_MIN_SNR,
             "camera": "estimated per frame"
             if gain is None
@@ -266,6 +272,7 @@ def deblur_file(
             settings["shrink_applied"] = k
             used, scale = shrink_uncertain(m, k), None
             if refine:
+                settings["refine"]["iterations"] = refine_iterations(m.psf_model)
                 with tqdm(
                     total=len(REFINE_SCALES),
                     desc=f"refine PSF size, frame {t}",
