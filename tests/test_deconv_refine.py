@@ -9,7 +9,7 @@ import torch
 from _maps import grid_map
 from scipy.ndimage import gaussian_filter
 
-from psf_live.deconv import REFINE_SCALES, photon_counts, refine_size
+from psf_live.deconv import REFINE_SCALES, photon_counts, refine_size, structure_snr
 from psf_live.estimate import PSFMap, fill_invalid
 from psf_live.psf import add_noise, convolve, estimate_noise, get_model, render_psf
 from psf_live.sim import cells_sample
@@ -168,3 +168,11 @@ def test_refine_size_refuses_bad_input() -> None:
         refine_size(y, pm, gain=1.0, num_iter=0)
     with pytest.raises(ValueError, match="NaN"):
         refine_size(np.where(y > 50, np.nan, y), pm, gain=1.0)
+
+
+def test_structure_snr_is_one_on_flat_poisson_noise_and_large_on_edges() -> None:
+    rng = np.random.default_rng(0)
+    flat = rng.poisson(50.0, (128, 128))
+    assert structure_snr(flat)[16:-16, 16:-16].mean() == pytest.approx(1.0, rel=0.15)
+    step = rng.poisson(np.where(np.arange(128)[None, :] < 64, 20.0, 200.0) * np.ones((128, 1)))
+    assert structure_snr(step)[16:-16, 62:66].min() > 100
