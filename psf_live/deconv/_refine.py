@@ -42,7 +42,7 @@ import numpy.typing as npt
 import torch
 
 from ._kernels import kernels_from_map
-from ._shrink import SIZE_PARAMS
+from ._shrink import SIZE_PARAMS, with_sizes
 
 __all__ = [
     "REFINE_ITERATIONS",
@@ -149,17 +149,14 @@ def photon_counts(
     return np.rint(np.clip(counts, 0, None)).astype(np.int64), max(float(bg), 0.0)
 
 
-def _scaled(psf_map: Any, scale: np.ndarray) -> Any:
+def _scaled(psf_map: Any, scale: np.ndarray, refill: bool) -> Any:
     """``psf_map`` with its size parameters times ``scale`` (per patch), kept in range."""
-    from psf_live.estimate._map import with_params
     from psf_live.psf import get_model
 
     ranges = get_model(psf_map.psf_model).ranges
-    p = np.asarray(psf_map.params, dtype=np.float64).copy()
-    for i, name in enumerate(psf_map.param_names):
-        if name in SIZE_PARAMS:
-            p[..., i] = np.clip(p[..., i] * scale, ranges[i][0], ranges[i][1])
-    return with_params(psf_map, p.astype(np.float32))
+    return with_sizes(
+        psf_map, lambda p, i: np.clip(p * scale, ranges[i][0], ranges[i][1]), refill=refill
+    )
 
 
 def structure_snr(counts: npt.ArrayLike, sigma: float = 2.0) -> np.ndarray:
@@ -286,7 +283,6 @@ def refine_size(
         parameters, fewer than 3 scales or non-positive ones, or ``num_iter < 1``.
     """
     from psf_live.deconv._tvrl import richardson_lucy_tv
-    from psf_live.estimate import fill_invalid
     from psf_live.psf import OverlapAdd
 
     s_grid = np.asarray(scales, dtype=np.float64)
@@ -311,7 +307,9 @@ def refine_size(
     cy = np.asarray(psf_map.centers_y, dtype=np.float64)
     cx = np.asarray(psf_map.centers_x, dtype=np.float64)
     ones = np.ones((rows, cols))
-    kernels = [kernels_from_map(_scaled(psf_map, s * ones), device=dev)[0] for s in s_grid]
+    kernels = [
+        kernels_from_map(_scaled(psf_map, s * ones, refill=False), device=dev)[0] for s in s_grid
+    ]
     margin = max(k.shape[-1] // 2 for k in kernels)
     # Each scored pixel belongs to the patch whose centre is nearest.
     iy = np.abs(np.arange(h)[:, None] - cy[None, :]).argmin(1)
@@ -362,16 +360,4 @@ def refine_size(
             chosen[q] = math.exp(log_s[j] + t * step)
     scale = np.where(scored, chosen, 1.0).reshape(rows, cols)
     scale = np.where(np.asarray(psf_map.valid, dtype=bool), scale, 1.0)
-    refined = _scaled(psf_map, scale)
-    if psf_map.filled:
-        from psf_live.estimate._map import with_params
-
-        filled = fill_invalid(
-            np.asarray(refined.params, dtype=np.float64),
-            psf_map.valid,
-            cy,
-            cx,
-            param_names=tuple(psf_map.param_names),
-        )
-        refined = with_params(refined, np.asarray(filled, dtype=np.float32))
-    return refined, scale
+    return _scaled(psf_map, scale, refill=True), scale

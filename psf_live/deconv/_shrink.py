@@ -17,6 +17,7 @@ answer to that asymmetry.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -110,8 +111,6 @@ def shrink_uncertain(psf_map: Any, k: float) -> Any:
     ValueError
         ``k`` negative or not finite, or ``k > 0`` on a map without views.
     """
-    from psf_live.estimate import fill_invalid
-    from psf_live.estimate._map import with_params
     from psf_live.psf import get_model
 
     k = float(k)
@@ -127,11 +126,40 @@ def shrink_uncertain(psf_map: Any, k: float) -> Any:
         )
     ranges = get_model(psf_map.psf_model).ranges
     sd = np.asarray(views, dtype=np.float64).std(axis=2)
+    return with_sizes(psf_map, lambda p, i: np.maximum(p - k * sd[..., i], ranges[i][0]))
+
+
+def with_sizes(
+    psf_map: Any,
+    new_size: Callable[[np.ndarray, int], np.ndarray],
+    refill: bool = True,
+) -> Any:
+    """Copy of a PSF map with its size parameters (:data:`SIZE_PARAMS`) replaced.
+
+    Parameters
+    ----------
+    psf_map : psf_live.estimate.PSFMap
+        The map.
+    new_size : callable
+        ``new_size(values, i)`` returns the new (rows, cols) float64 values of parameter
+        ``i`` from its current ones.
+    refill : bool
+        When the map was KNN-filled, fill its invalid patches again from the new valid
+        ones (their own new values are discarded).
+
+    Returns
+    -------
+    psf_live.estimate.PSFMap
+        The copy, float32; other parameters (the astigmatism axis) unchanged.
+    """
+    from psf_live.estimate import fill_invalid
+    from psf_live.estimate._map import with_params
+
     p = np.asarray(psf_map.params, dtype=np.float64).copy()
     for i, name in enumerate(psf_map.param_names):
         if name in SIZE_PARAMS:
-            p[..., i] = np.maximum(p[..., i] - k * sd[..., i], ranges[i][0])
-    if psf_map.filled:
+            p[..., i] = new_size(p[..., i], i)
+    if refill and psf_map.filled:
         p = fill_invalid(
             p,
             psf_map.valid,
