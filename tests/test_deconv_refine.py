@@ -140,7 +140,9 @@ def test_refine_size_is_reproducible_and_leaves_invalid_patches_to_the_fill() ->
         num_iter=20,
         callback=lambda d, t: calls.append((d, t)),
     )
-    assert calls == [(i + 1, len(REFINE_SCALES)) for i in range(len(REFINE_SCALES))]
+    n = len(REFINE_SCALES)  # factors scored on demand, then the bar is completed
+    assert [d for d, _ in calls[:-1]] == list(range(1, len(calls))) and calls[-1] == (n, n)
+    assert all(t == n for _, t in calls) and len(calls) >= 3
     b, _ = refine_size(y, pm, gain=1.0, read_noise=2.0, seed=7, num_iter=20)
     np.testing.assert_array_equal(a.params, b.params)
     assert sa[1, 1] == 1.0 and sa[0, 0] < 0.95
@@ -153,6 +155,41 @@ def test_refine_size_is_reproducible_and_leaves_invalid_patches_to_the_fill() ->
     )
     np.testing.assert_allclose(a.params, want, rtol=1e-6)
     assert a.params[1, 1, 0] < 0.36  # refilled from the lowered neighbours
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_scores_are_computed_only_where_the_descent_needs_them(seed: int) -> None:
+    """The factors scored on demand give the minima of scoring them all, and the
+    rows no descent reaches are never computed (each costs two RL runs)."""
+    from psf_live.deconv._refine import _descend_on_demand, _nearest_minimum
+
+    rng = np.random.default_rng(seed)
+    n, cols, start = 8, 30, 4
+    # bumpy curves with one or two minima anywhere on the grid
+    grid = np.arange(n)[:, None]
+    full = (grid - rng.integers(0, n, cols)) ** 2 + rng.normal(0, 2.0, (n, cols))
+    if seed == 0:  # minima near the start leave the far rows alone
+        full = (grid - start + rng.integers(0, 2, cols)) ** 2 + 0.1 * rng.random((n, cols))
+    wanted = rng.random(cols) > 0.2
+    asked: list[int] = []
+
+    def score(j: int) -> np.ndarray:
+        asked.append(j)
+        return np.asarray(full[j])
+
+    nll, best = _descend_on_demand(score, n, start, wanted)
+    want = _nearest_minimum(full, start)
+    np.testing.assert_array_equal(best[wanted], want[wanted])
+    assert len(set(asked)) == len(asked)  # each row at most once
+    done = sorted(asked)
+    assert done == list(range(done[0], done[-1] + 1)) and start in done
+    np.testing.assert_array_equal(nll[done], full[done])
+    assert np.isnan(np.delete(nll, done, axis=0)).all()
+    lo = min(min(want[wanted]) - 1, start - 1)
+    hi = max(max(want[wanted]) + 1, start + 1)
+    assert done == list(range(max(lo, 0), min(hi, n - 1) + 1))  # nothing more
+    if seed == 0:
+        assert len(done) <= 4
 
 
 def test_refine_size_refuses_bad_input() -> None:

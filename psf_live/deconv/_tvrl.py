@@ -23,6 +23,9 @@ _MIN_SENSITIVITY = 1e-3
 # Smallest allowed TV factor 1 - lambda div(...): keeps the update positive and
 # bounded for any lambda (never reached for lambda < 0.25 since |div| <= 4).
 _MIN_TV_FACTOR = 0.05
+# Floor of an extrapolated (accelerated) estimate, relative to the image maximum: a
+# multiplicative update can never leave an exact zero.
+_MIN_EXTRAPOLATED = 1e-6
 
 
 def tv_divergence(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -163,6 +166,7 @@ def richardson_lucy_tv(
     extend: bool = True,
     device: torch.device | str | None = None,
     method: str = "auto",
+    accelerate: bool = False,
 ) -> ArrayT:
     r"""Deconvolve an image with (spatially-variant) TV-regularised Richardson-Lucy.
 
@@ -227,6 +231,13 @@ def richardson_lucy_tv(
     method : {"auto", "windows", "frame"}
         How the overlap-add convolutions are computed (:class:`psf_live.psf.OverlapAdd`):
         the same result either way; "auto" takes the cheaper one.
+    accelerate : bool
+        Biggs-Andrews vector extrapolation (first order): each update starts from
+        ``x_k + alpha (x_k - x_{k-1})`` (floored just above zero), ``alpha`` in [0, 1]
+        the correlation of the last two update steps. Same fixed points, about as far
+        after N iterations as plain RL after 2-4 N on deblurring problems (measured in
+        ``tests/test_deconv.py``); off by default, so the paper's 20 iterations mean
+        what they say. Used by :func:`psf_live.deconv.refine_size`.
 
     Returns
     -------
@@ -281,16 +292,31 @@ def richardson_lucy_tv(
     unobserved = None if bool(observed.all()) else ~observed
     x = torch.full(prob.ext_shape, float(y.mean()), device=dev)
     floor = 1e-12
+    # Biggs-Andrews state: the previous estimate and the last two update steps
+    x_prev: torch.Tensor | None = None
+    steps: list[torch.Tensor] = []
     for _ in range(num_iter):
+        start = x
+        if accelerate and len(steps) == 2:
+            g1, g2 = steps
+            alpha = float((g1 * g2).sum() / (g2 * g2).sum().clamp_min(1e-30))
+            alpha = min(max(alpha, 0.0), 1.0)
+            if x_prev is not None and alpha > 0:
+                start = torch.lerp(x, x_prev, -alpha).clamp_min_(_MIN_EXTRAPOLATED)
         # forward/adjoint return fresh tensors, so the updates below work in place
-        ratio = torch.div(y, prob.forward(x).clamp_min_(floor))
+        ratio = torch.div(y, prob.forward(start).clamp_min_(floor))
         corr = prob.adjoint(ratio).mul_(inv_sens)
         if lambda_tv > 0:
-            tv = tv_divergence(x, max(eps_, 1e-12)).mul_(-lambda_tv).add_(1.0)
+            tv = tv_divergence(start, max(eps_, 1e-12)).mul_(-lambda_tv).add_(1.0)
             corr.div_(tv.clamp_min_(_MIN_TV_FACTOR))
         if unobserved is not None:  # unobserved margin pixels keep their value
             corr.masked_fill_(unobserved, 1.0)
-        x = x.mul_(corr)
+        if accelerate:
+            new = start * corr
+            steps = [new - start, *steps[:1]]
+            x_prev, x = x, new
+        else:
+            x = x.mul_(corr)
     r = prob.r
     out = x[r : r + shape[0], r : r + shape[1]] * scale
     return out if is_tensor else out.cpu().numpy()  # type: ignore[return-value]

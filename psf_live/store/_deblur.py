@@ -244,6 +244,7 @@ def deblur_file(
             "method": "Poisson-thinning cross-validation (psf_live.deconv.refine_size)",
             "scales": list(REFINE_SCALES),
             "min_snr": REFINE_MIN_SNR,
+            "accelerated": True,
             "camera": "estimated per frame"
             if gain is None
             else {"gain_adu_per_e": gain, "offset_adu": offset, "read_noise_e": read_noise},
