@@ -192,10 +192,12 @@ def test_deconvolve_shrink_bad_input(tmp_path: Path, case: str) -> None:
     assert not (tmp_path / "o.zarr").exists()
 
 
-def test_deconvolve_refine_rescales_a_too_large_map(tmp_path: Path) -> None:
-    """--refine pulls a map 30 % too wide back towards the true widths (where they are 1.5 px
-    or more: below, the score prefers larger Gaussians, test_deconv_refine), stores the
-    factors as `psf_scale` beside the unchanged estimates, and deconvolves with them."""
+@pytest.mark.parametrize("fast", [False, True])
+def test_deconvolve_refine_rescales_a_too_large_map(tmp_path: Path, fast: bool) -> None:
+    """--refine (and --refine-fast) pull a map 30 % too wide back towards the true widths
+    (where they are 1.5 px or more: below, the score prefers larger Gaussians,
+    test_deconv_refine), store the factors as `psf_scale` beside the unchanged estimates,
+    and deconvolve with them."""
     img, _, _ = _make(tmp_path)
     true = np.array([[1.0, 2.0], [2.5, 1.5]], np.float32)
     wide = tmp_path / "wide.npz"
@@ -209,7 +211,8 @@ def test_deconvolve_refine_rescales_a_too_large_map(tmp_path: Path) -> None:
     )
     out = tmp_path / "r.zarr"
     args = ["deconvolve", str(img), "-o", str(out), "--psf-map", str(wide), "-n", "5"]
-    res = runner.invoke(app, [*args, "--refine", "--gain", "1", "--read-noise", "0"])
+    extra = ["--refine-fast"] if fast else []
+    res = runner.invoke(app, [*args, "--refine", *extra, "--gain", "1", "--read-noise", "0"])
     assert res.exit_code == 0, res.output
     assert "refined from the frame" in res.output
     s = load_store(out)
@@ -219,7 +222,7 @@ def test_deconvolve_refine_rescales_a_too_large_map(tmp_path: Path) -> None:
     np.testing.assert_allclose(s["params"][0, ..., 0], 1.3 * true, rtol=1e-6)
     meta = s["metadata"]["deconvolution"]["refine"]
     assert meta["camera"] == {"gain_adu_per_e": 1.0, "offset_adu": 0.0, "read_noise_e": 0.0}
-    assert meta["iterations"] == 12 and meta["accelerated"]  # the Gaussian default
+    assert (meta["iterations"], meta["accelerated"]) == ((12, True) if fast else (40, False))
     assert verify_store(out)["ok"]
     # the deconvolution used the refined widths: the same as giving them by hand
     hand = tmp_path / "hand.npz"
@@ -237,7 +240,8 @@ def test_deconvolve_refine_rescales_a_too_large_map(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["with_shrink", "zero_gain", "noise_without_gain", "gain_without_refine"]
+    "case",
+    ["with_shrink", "zero_gain", "noise_without_gain", "gain_without_refine", "fast_alone"],
 )
 def test_deconvolve_refine_bad_input(tmp_path: Path, case: str) -> None:
     img, mp, _ = _make(tmp_path)
@@ -247,6 +251,7 @@ def test_deconvolve_refine_bad_input(tmp_path: Path, case: str) -> None:
         "zero_gain": ["--refine", "--gain", "0"],
         "noise_without_gain": ["--refine", "--read-noise", "2"],
         "gain_without_refine": ["--gain", "1"],
+        "fast_alone": ["--refine-fast"],
     }[case]
     res = runner.invoke(app, args)
     assert res.exit_code == 1
@@ -257,6 +262,7 @@ def test_deconvolve_refine_bad_input(tmp_path: Path, case: str) -> None:
         "zero_gain": "gain must be > 0",
         "noise_without_gain": "need the gain too",
         "gain_without_refine": "are for refine",
+        "fast_alone": "are for refine",
     }[case]
     assert want in lines[0]
     assert not (tmp_path / "o.zarr").exists()

@@ -2,6 +2,7 @@
 
 from ._kernels import kernels_from_map, trim_kernels
 from ._refine import (
+    REFINE_ACCELERATED_ITERATIONS,
     REFINE_ITERATIONS,
     REFINE_MIN_SNR,
     REFINE_SCALES,
@@ -20,6 +21,7 @@ from ._shrink import (
 from ._tvrl import poisson_nll, richardson_lucy_tv, tv_divergence
 
 __all__ = [
+    "REFINE_ACCELERATED_ITERATIONS",
     "REFINE_ITERATIONS",
     "REFINE_MIN_SNR",
     "REFINE_SCALES",
