@@ -152,9 +152,9 @@ def test_refine_size_is_reproducible_and_leaves_invalid_patches_to_the_fill() ->
         num_iter=20,
         callback=lambda d, t: calls.append((d, t)),
     )
-    n = len(REFINE_SCALES)  # factors scored on demand, then the bar is completed
-    assert [d for d, _ in calls[:-1]] == list(range(1, len(calls))) and calls[-1] == (n, n)
-    assert all(t == n for _, t in calls) and len(calls) >= 3
+    # factors scored on demand, out of at most all of them
+    assert calls == [(i + 1, len(REFINE_SCALES)) for i in range(len(calls))]
+    assert 3 <= len(calls) <= len(REFINE_SCALES)
     b, _ = refine_size(y, pm, gain=1.0, read_noise=2.0, seed=7, num_iter=20)
     np.testing.assert_array_equal(a.params, b.params)
     assert sa[1, 1] == 1.0 and sa[0, 0] < 0.95

@@ -270,8 +270,6 @@ def _descend_on_demand(
             todo.append(hi)
         if not todo:
             break
-    if callback is not None and len(rows) < n:
-        callback(n, n)  # the rows left are not needed
     full = np.full((n, nll.shape[1]), np.nan)
     full[lo : hi + 1] = nll
     return full, best
@@ -336,8 +334,8 @@ def refine_size(
         Where to deconvolve (default: CPU).
     callback : callable, optional
         Called as ``callback(done, total)`` after each scored factor (a progress bar),
-        ``total = len(scales)``; the last call has ``done == total`` even when factors
-        were left unscored.
+        ``total = len(scales)``, the most that may be scored; ``done`` stops short of it
+        when the factors left are not needed.
     accelerate : bool
         Biggs-Andrews accelerated RL for the scoring deconvolutions, with
         :data:`REFINE_ACCELERATED_ITERATIONS` by default: 4x faster, and a point lower
