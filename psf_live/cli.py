@@ -565,7 +565,8 @@ def deconvolve(
         False,
         "--refine",
         help="Rescale each patch's PSF size to what the frame itself predicts best "
-        "(Poisson-thinning cross-validation, ~16 extra RL runs per frame); replaces --shrink.",
+        "(Poisson-thinning cross-validation, up to 16 extra RL runs per frame); "
+        "replaces --shrink.",
     ),
     refine_fast: bool = typer.Option(
         False,

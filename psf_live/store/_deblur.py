@@ -151,7 +151,7 @@ def deblur_file(
     refine : bool
         Rescale each patch's PSF size to what the frame itself predicts best
         (:func:`psf_live.deconv.refine_size`, Poisson-thinning cross-validation;
-        16 extra RL runs per frame) before deconvolving; replaces ``shrink`` (whose
+        up to 16 extra RL runs per frame) before deconvolving; replaces ``shrink`` (whose
         ``"auto"`` then means 0; a number > 0 with it is an error). A ``.zarr``
         output gets the factors as its ``psf_scale`` array.
     refine_fast : bool
