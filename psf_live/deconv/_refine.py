@@ -77,8 +77,8 @@ REFINE_ACCELERATED_ITERATIONS = {"zernike": 15, "gaussian": 12}
 """Iterations of Biggs-Andrews accelerated RL (``refine_size(..., accelerate=True)``) that
 score as :data:`REFINE_ITERATIONS` of plain RL, for a quarter of the cost.
 
-Chosen the same way (2026-12-04, later stop; the rules of :func:`refine_size`, plain RL in
-the same runs, whose figures here differ from those above by the harness): Z-1 seed 11,
+Chosen the same way (2026-12-04, later stop; the rules of :func:`refine_size`; plain RL
+scored in the same runs, by a harness whose figures differ from those above): Z-1 seed 11,
 15 / 20 / 25 / 30 / 40 iterations -> 92.4 / 91.2 / 89.3 / 88.0 / 84.4 % (plain 80: 92.8 %);
 seed 21, 10 / 12 / 15 / 20 -> 80.1 / 86.8 / 89.6 / 86.8 % (plain 80: 88.4 %); two binomial
 splits instead of one: 91.9 % (seed 11) and 90.0 % (seed 21), no gain; G-1 seed 11, 8 /

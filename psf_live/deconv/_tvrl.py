@@ -236,7 +236,7 @@ def richardson_lucy_tv(
         ``x_k + alpha (x_k - x_{k-1})`` (floored just above zero), ``alpha`` in [0, 1]
         the correlation of the last two update steps. Same fixed points, about as far
         after N iterations as plain RL after 2-4 N on deblurring problems (measured in
-        ``tests/test_deconv.py``); off by default, so the paper's 20 iterations mean
+        ``tests/test_deconv_tvrl.py``); off by default, so the paper's 20 iterations mean
         what they say. Used by :func:`psf_live.deconv.refine_size`.
 
     Returns
