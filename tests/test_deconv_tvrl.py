@@ -122,6 +122,10 @@ def test_accelerated_rl_goes_as_far_in_fewer_iterations(rng: np.random.Generator
     (res_acc, err_acc), (res_plain, err_plain) = fit(40, True), fit(160, False)
     assert res_acc < res_plain and err_acc < 1.01 * err_plain
     assert err_acc < fit(40, False)[1]
+    # with TV too: positive, finite, and nearer the object than the blurred image
+    tv = richardson_lucy_tv(y, h, 20, 0.1, energy=1.0, extend=False, accelerate=True)
+    assert np.isfinite(tv).all() and tv.min() >= 0
+    assert np.abs(tv - x).mean() < np.abs(y - x).mean()
 
 
 def _fwhm_peak(img: np.ndarray) -> tuple[float, float]:
