@@ -626,6 +626,12 @@ def deconvolve(
         f"{image}: {res['frames']} frame(s) deconvolved with a {res['grid'][0]}x{res['grid'][1]} "
         f"{res['psf_model']} map{how} -> {res['output']}"
     )
+    if not model and not psf_map and "cylinder" in res.get("param_names", ()):
+        typer.echo(
+            f"hint: {res['psf_model']} (the default model) reads astigmatism in every patch; "
+            "without a cylindrical lens in the light path, --model zernike1 deblurs better "
+            "(README, Deblur and save)"
+        )
 
 
 @app.command()

@@ -124,6 +124,13 @@ def test_deconvolve_blind_with_shipped_model(tmp_path: Path) -> None:
     res = runner.invoke(app, ["deconvolve", str(img), "-o", str(out), "--iterations", "3"])
     assert res.exit_code == 0, res.output
     assert verify_store(out)["frames"] == 1
+    # the default zernike3 reads astigmatism: a hint names the model for plain defocus
+    assert "--model zernike1 deblurs better" in res.output
+    out1 = tmp_path / "b1.zarr"
+    args = ["deconvolve", str(img), "-o", str(out1), "-n", "3", "--model", "zernike1"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "hint" not in res.output
 
 
 def _zernike_map_with_views(path: Path, focus: np.ndarray, sd: float) -> None:

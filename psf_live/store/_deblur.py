@@ -166,7 +166,7 @@ def deblur_file(
     Returns
     -------
     dict
-        ``frames``, ``grid``, ``psf_model``, ``output``, ``settings`` and, with
+        ``frames``, ``grid``, ``psf_model``, ``param_names``, ``output``, ``settings`` and, with
         ``refine``, ``psf_scale_median`` (the median factor of each frame's valid patches).
     """
     from tqdm import tqdm
@@ -337,6 +337,7 @@ def deblur_file(
         "frames": len(frames),
         "grid": list(first.shape),
         "psf_model": first.psf_model,
+        "param_names": list(first.param_names),
         "output": str(out),
         "settings": settings,
         "psf_scale_median": scales,
