@@ -10,9 +10,9 @@ and ``skimage.restoration.richardson_lucy`` on the same 1024x1024 image with one
 PSF and 20 iterations, with the ratio. Kernel rendering is timed separately
 (the live path caches kernels). With ``--refine`` it also times, once per size,
 ``psf_live.deconv.refine_size`` (the blind PSF-size refinement of ``psf-live deconvolve
---refine``: 2 RL runs of 80 iterations for each factor scored, Zernike maps; and with
-``--refine-fast``, 15 accelerated ones) on a zernike1 map of the same image (the true
-focus: the factors scored are those around 1).
+--refine``: 2 RL runs of 25 accelerated iterations for each factor scored, Zernike maps;
+and with plain RL, ``accelerate=False``, 80 iterations) on a zernike1 map of the same image
+(the true focus: the factors scored are those around 1).
 Run: ``.venv/bin/python benchmarks/deconv_speed.py [--refine]``.
 """
 
@@ -152,7 +152,7 @@ def _time_refine(img: np.ndarray, focus: np.ndarray, centers: np.ndarray) -> Non
         dt = time.perf_counter() - t
         n = len(scored)
         print(
-            f"refine_size{' --refine-fast' if fast else ''} {img.shape[0]}x{img.shape[1]}, "
+            f"refine_size{'' if fast else ' (plain RL)'} {img.shape[0]}x{img.shape[1]}, "
             f"{g * g} PSFs ({n} of {len(REFINE_SCALES)} factors scored, {2 * n} RL runs of "
             f"{refine_iterations('zernike1', fast)} it.{', accelerated' if fast else ''}): "
             f"{dt:.2f} s (once)"

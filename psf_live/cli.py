@@ -568,12 +568,6 @@ def deconvolve(
         "(Poisson-thinning cross-validation, up to 16 extra RL runs per frame); "
         "replaces --shrink.",
     ),
-    refine_fast: bool = typer.Option(
-        False,
-        "--refine-fast",
-        help="With --refine: accelerated RL for the size check, 4x faster, about a point "
-        "lower on the Table V benchmark (README, Deblur and save).",
-    ),
     gain: float = typer.Option(
         None,
         "--gain",
@@ -603,7 +597,6 @@ def deconvolve(
             tta=tta,
             shrink=shrink,
             refine=refine,
-            refine_fast=refine_fast,
             gain=gain,
             offset=offset,
             read_noise=read_noise,

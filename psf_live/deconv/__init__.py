@@ -3,6 +3,7 @@
 from ._kernels import kernels_from_map, trim_kernels
 from ._refine import (
     REFINE_ACCELERATED_ITERATIONS,
+    REFINE_ACCELERATION,
     REFINE_ITERATIONS,
     REFINE_MIN_SNR,
     REFINE_SCALES,
@@ -22,6 +23,7 @@ from ._tvrl import poisson_nll, richardson_lucy_tv, tv_divergence
 
 __all__ = [
     "REFINE_ACCELERATED_ITERATIONS",
+    "REFINE_ACCELERATION",
     "REFINE_ITERATIONS",
     "REFINE_MIN_SNR",
     "REFINE_SCALES",

@@ -115,7 +115,6 @@ def deblur_file(
     tta: bool = False,
     shrink: float | str = "auto",
     refine: bool = False,
-    refine_fast: bool = False,
     gain: float | None = None,
     offset: float = 0.0,
     read_noise: float = 0.0,
@@ -154,10 +153,6 @@ def deblur_file(
         up to 16 extra RL runs per frame) before deconvolving; replaces ``shrink`` (whose
         ``"auto"`` then means 0; a number > 0 with it is an error). A ``.zarr``
         output gets the factors as its ``psf_scale`` array.
-    refine_fast : bool
-        With ``refine``: accelerated RL for the scoring
-        (:data:`psf_live.deconv.REFINE_ACCELERATED_ITERATIONS`), 4x faster, a point
-        lower on the Table V benchmark.
     gain, offset, read_noise : float
         Camera model for ``refine``: ADU per photo-electron (None: estimated from each
         frame, :func:`psf_live.psf.estimate_noise`), dark offset (ADU), read noise
@@ -172,6 +167,7 @@ def deblur_file(
     from tqdm import tqdm
 
     from psf_live.deconv import (
+        REFINE_ACCELERATION,
         REFINE_MIN_SNR,
         REFINE_SCALES,
         default_shrink,
@@ -206,10 +202,8 @@ def deblur_file(
                 "offset and read noise need the gain too (without it the camera's noise "
                 "is estimated from each frame)"
             )
-    elif gain is not None or offset or read_noise or refine_fast:
-        raise ValueError(
-            "gain, offset, read noise and refine_fast are for refine (the PSF size check)"
-        )
+    elif gain is not None or offset or read_noise:
+        raise ValueError("gain, offset and read noise are for refine (the PSF size check)")
     if shrink_k and psf_map is None and not tta:
         raise ValueError(
             f"shrink {shrink_k:g} needs the spread of the test-time-augmentation views: "
@@ -251,7 +245,7 @@ def deblur_file(
             "method": "Poisson-thinning cross-validation (psf_live.deconv.refine_size)",
             "scales": list(REFINE_SCALES),
             "min_snr": REFINE_MIN_SNR,
-            "accelerated": refine_fast,
+            "acceleration": REFINE_ACCELERATION,
             "camera": "estimated per frame"
             if gain is None
             else {"gain_adu_per_e": gain, "offset_adu": offset, "read_noise_e": read_noise},
@@ -280,7 +274,7 @@ def deblur_file(
             settings["shrink_applied"] = k
             used, scale = shrink_uncertain(m, k), None
             if refine:
-                settings["refine"]["iterations"] = refine_iterations(m.psf_model, refine_fast)
+                settings["refine"]["iterations"] = refine_iterations(m.psf_model)
                 with tqdm(
                     total=len(REFINE_SCALES),
                     desc=f"refine PSF size, frame {t}",
@@ -300,7 +294,6 @@ def deblur_file(
                         read_noise=read_noise,
                         seed=t,
                         callback=tick,
-                        accelerate=refine_fast,
                     )
                 scales.append(float(np.median(scale[m.valid])) if m.valid.any() else 1.0)
             d = richardson_lucy_tv(
