@@ -395,10 +395,15 @@ def refine_size(
     cy = np.asarray(psf_map.centers_y, dtype=np.float64)
     cx = np.asarray(psf_map.centers_x, dtype=np.float64)
     ones = np.ones((rows, cols))
+    rendered: dict[int, torch.Tensor] = {}
 
     def kernels(j: int) -> torch.Tensor:
-        k = kernels_from_map(_scaled(psf_map, s_grid[j] * ones, refill=False), device=dev)[0]
-        return k.reshape(-1, k.shape[-2], k.shape[-1])
+        """Render the map's kernels with the size parameters times ``s_grid[j]`` (once)."""
+        if j not in rendered:
+            pm = _scaled(psf_map, s_grid[j] * ones, refill=False)
+            k = kernels_from_map(pm, device=dev)[0]
+            rendered[j] = k.reshape(-1, k.shape[-2], k.shape[-1])
+        return rendered[j]
 
     # the widest kernels (largest factor) set the border left out of the score
     margin = int(kernels(s_grid.size - 1).shape[-1]) // 2
@@ -446,7 +451,7 @@ def refine_size(
     nll, best = _descend_on_demand(score, s_grid.size, start, wanted, callback)
     log_s = np.log(s_grid)
     chosen = s_grid[best].copy()
-    for q in np.flatnonzero(scored & (best > 0) & (best < s_grid.size - 1)):
+    for q in np.flatnonzero(wanted & (best > 0) & (best < s_grid.size - 1)):
         j = best[q]
         a, b, c = nll[j - 1, q], nll[j, q], nll[j + 1, q]
         curv = a - 2 * b + c
@@ -454,6 +459,5 @@ def refine_size(
             t = 0.5 * (a - c) / curv  # in (-0.5, 0.5) grid steps
             step = log_s[j + 1] - log_s[j] if t > 0 else log_s[j] - log_s[j - 1]
             chosen[q] = math.exp(log_s[j] + t * step)
-    scale = np.where(scored, chosen, 1.0).reshape(rows, cols)
-    scale = np.where(np.asarray(psf_map.valid, dtype=bool), scale, 1.0)
+    scale = np.where(wanted, chosen, 1.0).reshape(rows, cols)
     return _scaled(psf_map, scale, refill=True), scale

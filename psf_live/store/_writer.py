@@ -224,9 +224,7 @@ class SessionWriter:
         if self._closed:
             raise RuntimeError(f"{self.path}: writer is closed")
         a = np.asarray(data)
-        if name == "deconvolved":
-            a = a.astype(np.float32, copy=False)
-        if name in ("params", "depth", "psf_scale"):
+        if name in ("deconvolved", "params", "depth", "psf_scale"):
             a = a.astype(np.float32, copy=False)
         arr = self._array(name, a)
         if index < 0:
