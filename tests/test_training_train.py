@@ -243,3 +243,24 @@ def test_train_overshoot_is_recorded_and_checked(tmp_path: Path, capsys) -> None
     with pytest.raises(SystemExit):
         main([*args, "--snr-min", "-0.1", *FAST])
     assert "--snr-min must be >= 0" in capsys.readouterr().err
+
+
+def test_data_loader_workers_draw_streams_of_their_own() -> None:
+    """With several workers each draws its own patches; one worker gives the rank's stream."""
+    from training.data import PatchStream
+    from training.train import _collate, _Stream
+
+    kw = {"psf_model": "gaussian1", "split": "train", "seed": 3, "bank_size": 16, "pool": 16}
+
+    def first(workers: int, n: int) -> list[torch.Tensor]:
+        dl = torch.utils.data.DataLoader(
+            _Stream(kw, 4), batch_size=None, num_workers=workers, collate_fn=_collate
+        )
+        it = iter(dl)
+        return [next(it).x for _ in range(n)]
+
+    two = first(2, 2)  # the loader takes batches from the workers in turn
+    assert not torch.equal(two[0], two[1])
+    direct = PatchStream(**kw).next(4).x
+    torch.testing.assert_close(first(1, 1)[0], direct)
+    torch.testing.assert_close(two[0], direct)

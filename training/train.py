@@ -78,13 +78,23 @@ def loss_fn(
     }
 
 
+WORKER_SEED_STEP = 104_729
+"""Seed offset between data-loader workers (ranks are 7,919 apart, so neither overlaps)."""
+
+
 class _Stream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
     def __init__(self, kw: dict[str, Any], batch_size: int) -> None:
         self.kw, self.bs = kw, batch_size
 
     def __iter__(self) -> Iterator[Batch]:
         torch.set_num_threads(1)
-        s = PatchStream(**self.kw)
+        kw = dict(self.kw)
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.id > 0:
+            # each data-loader worker draws a stream of its own (worker 0 keeps the
+            # rank's seed, so one worker gives the same data as before)
+            kw["seed"] = kw["seed"] + WORKER_SEED_STEP * info.id
+        s = PatchStream(**kw)
         while True:
             yield s.next(self.bs)
 
