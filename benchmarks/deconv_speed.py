@@ -13,7 +13,9 @@ PSF and 20 iterations, with the ratio. Kernel rendering is timed separately
 --refine``: 2 RL runs of 25 accelerated iterations for each factor scored, Zernike maps;
 and with plain RL, ``accelerate=False``, 80 iterations) on a zernike1 map of the same image
 (the true focus: the factors scored are those around 1).
-Run: ``.venv/bin/python benchmarks/deconv_speed.py [--refine]``.
+With ``--device cuda`` TV-RL (and the refinement) run on a GPU; scikit-image stays on the
+CPU.
+Run: ``.venv/bin/python benchmarks/deconv_speed.py [--refine] [--device cuda]``.
 """
 
 from __future__ import annotations
@@ -52,7 +54,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-focus", type=float, default=0.6, help="Zernike focus range (waves)")
     ap.add_argument("--refine", action="store_true", help="also time refine_size once per size")
+    ap.add_argument("--device", default="cpu", help="where TV-RL runs: cpu or cuda[:N]")
     a = ap.parse_args()
+    if a.device != "cpu" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {a.device}: no CUDA device here")
     torch.set_num_threads(a.threads)
     from skimage.restoration import richardson_lucy
 
@@ -63,7 +68,8 @@ def main() -> None:
     model = get_model("zernike1")
     print(
         f"torch {torch.__version__}, {a.threads} threads, cpu count {os.cpu_count()}, "
-        f"load avg {os.getloadavg()[0]:.1f}"
+        f"load avg {os.getloadavg()[0]:.1f}, TV-RL on {a.device}"
+        + (f" ({torch.cuda.get_device_name(a.device)})" if a.device != "cpu" else "")
     )
     results = {}
     for n, g, target in ((256, 2, 0.050), (1024, 8, 1.5)):
@@ -83,7 +89,7 @@ def main() -> None:
                     lambda_tv=0.1,
                     centers_y=c,
                     centers_x=c,
-                    device="cpu",
+                    device=a.device,
                     method=m,
                 )
             )
@@ -103,7 +109,7 @@ def main() -> None:
             f"rendering {g * g} kernels {t_render * 1e3:.0f} ms"
         )
         if a.refine:
-            _time_refine(img, focus.reshape(g, g), centers)
+            _time_refine(img, focus.reshape(g, g), centers, a.device)
         if n == 1024:
             one = trim_kernels(ks[:1])[0].numpy().astype(np.float64)
             img64 = (img / img.max()).astype(np.float64)
@@ -113,7 +119,7 @@ def main() -> None:
             )
             dt1 = _median_time(
                 lambda im=img, k=one: richardson_lucy_tv(
-                    im, k, num_iter=20, lambda_tv=0.1, device="cpu"
+                    im, k, num_iter=20, lambda_tv=0.1, device=a.device
                 ),
                 a.repeats,
             )
@@ -124,7 +130,7 @@ def main() -> None:
             )
 
 
-def _time_refine(img: np.ndarray, focus: np.ndarray, centers: np.ndarray) -> None:
+def _time_refine(img: np.ndarray, focus: np.ndarray, centers: np.ndarray, device: str) -> None:
     """One timed ``refine_size`` on ``img`` with a zernike1 map of ``focus`` (camera known)."""
     from psf_live.deconv import REFINE_SCALES, refine_iterations, refine_size
     from psf_live.estimate import PSFMap
@@ -148,7 +154,14 @@ def _time_refine(img: np.ndarray, focus: np.ndarray, centers: np.ndarray) -> Non
     for fast in (False, True):
         scored = []
         t = time.perf_counter()
-        refine_size(img, m, gain=1.0, accelerate=fast, callback=lambda d, _: scored.append(d))  # noqa: B023
+        refine_size(
+            img,
+            m,
+            gain=1.0,
+            accelerate=fast,
+            device=device,
+            callback=lambda d, _: scored.append(d),  # noqa: B023
+        )
         dt = time.perf_counter() - t
         n = len(scored)
         print(

@@ -424,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table4-only", action="store_true")
     p.add_argument("--out", type=Path, default=Path("eval_out"))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="where the networks run: cpu or cuda[:N]")
     p.add_argument(
         "--tta", action="store_true", help="score with test-time augmentation (8 symmetries)"
     )
@@ -450,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         "made for one set-up) or from the PSF model's full ranges",
     )
     a = p.parse_args(argv)
+    if a.int8 and a.device != "cpu":
+        p.error("--int8 weights run on the CPU only")
     if a.threads:
         torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -458,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {}
     table4: dict[str, dict[str, float]] = {}
     for spec in a.model.split(","):
-        net, card = load_model(spec.strip())
+        net, card = load_model(spec.strip(), a.device)
         if a.int8:
             net = load_int8(spec.strip(), net, card)
             card.name = f"{card.name}-int8"

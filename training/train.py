@@ -220,6 +220,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="on CUDA: bf16 autocast, TF32 and channels_last for the training step "
+        "(validation and the test score stay float32)",
+    )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.minutes is None and a.steps is None:
@@ -265,6 +271,13 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.set_device(device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.amp and device.type != "cuda":
+        raise SystemExit("--amp needs a CUDA device")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if args.amp:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     main_rank = rank == 0
     out = Path(args.out)
     out = out.with_suffix("") if out.suffix in (".pt", ".json") else out
@@ -294,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     stream_kw.update(extra)
     torch.manual_seed(args.seed)
     net = build_net(args.arch, codec.n_outputs).to(device)
+    if args.amp:
+        net = net.to(memory_format=torch.channels_last)
     if args.init and not (args.resume and out.with_suffix(".ckpt").exists()):
         init_net, init_card = load_model(args.init)
         grow = (init_card.arch, args.arch) in GROWABLE and init_card.psf_model == pm.name
@@ -455,7 +470,12 @@ def main(argv: list[str] | None = None) -> int:
             b = last = next(data)
         else:  # re-use the last generated batch under a random flip/transpose (exact)
             b = dihedral_batch(last, pm.name, aug_g)
-        raw = model(b.x.to(device, non_blocking=True))
+        x = b.x.to(device, non_blocking=True)
+        if args.amp:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                raw = model(x.contiguous(memory_format=torch.channels_last)).float()
+        else:
+            raw = model(x)
         loss, parts = loss_fn(raw, codec.encode(b.params).to(device), b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -571,7 +591,9 @@ def main(argv: list[str] | None = None) -> int:
                 "lr_trials": lr_trials,
                 "init": args.init,
                 "best_val_loss": best_val,
-                "device": str(device),
+                "device": str(device)
+                + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+                "amp": args.amp,
                 "threads": torch.get_num_threads(),
                 "torch": torch.__version__,
             },
