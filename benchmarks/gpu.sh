@@ -15,6 +15,7 @@ export PYTHONUNBUFFERED=1 QT_QPA_PLATFORM=offscreen
 $py -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(0))" 2>&1 | tee "$out/map_speed_cuda.txt"
 $py benchmarks/map_speed.py --device cuda --repeats 50 2>&1 | tee -a "$out/map_speed_cuda.txt"
 $py benchmarks/deconv_speed.py --device cuda --refine 2>&1 | tee "$out/deconv_speed_cuda.txt"
-# warnings shown, not raised: the GPU machine may hold other versions of numpy, torch ...
-$py -m pytest -q -p no:cacheprovider --ignore=tests/test_gui_panel.py -n "${WORKERS:-4}" -W default \
-    -rs 2>&1 | tee "$out/pytest_cuda.txt"
+# warnings shown, not raised: the GPU machine may hold other versions of numpy, torch ...;
+# one line per test as it ends (-v), so a run cut short still names its failures
+$py -m pytest -v -p no:cacheprovider --ignore=tests/test_gui_panel.py -n "${WORKERS:-4}" \
+    -W default -rfEs 2>&1 | tee "$out/pytest_cuda.txt"
