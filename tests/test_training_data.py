@@ -195,3 +195,31 @@ def test_clean_fraction_leaves_patches_noise_free() -> None:
     assert bool((raw_std(0.0) > 1e-3).all())
     share = float((raw_std(0.5) < 1e-5).float().mean())
     assert 0.3 < share < 0.7
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model", ["zernike3", "gaussian2"])
+def test_gpu_stream_has_the_cpu_streams_sources_and_psfs(model: str) -> None:
+    """On a GPU the stream draws the same sources, PSFs and settings as on the CPU: without
+    noise the patches agree to float precision; with noise they differ, labels aside."""
+    from training.data import dihedral_batch
+
+    quiet = replace(DegradeConfig(), poisson=False, read_rel=(0.0, 0.0))
+    kw = {"bank_size": 32, "pool": 32}
+    cpu = PatchStream(model, "train", 7, degrade=quiet, **kw)  # type: ignore[arg-type]
+    gpu = PatchStream(model, "train", 7, degrade=quiet, device="cuda", **kw)  # type: ignore[arg-type]
+    for _ in range(2):
+        a, b = cpu.next(32), gpu.next(32)
+        assert b.x.device.type == "cuda" and b.params.device.type == "cuda"
+        torch.testing.assert_close(b.params.cpu(), a.params)
+        torch.testing.assert_close(b.kind.cpu(), a.kind)
+        torch.testing.assert_close(b.x.cpu(), a.x, atol=1e-3, rtol=1e-3)
+        assert int((b.invalid.cpu() != a.invalid).sum()) <= 1  # a rule's edge, at most
+    # re-used batches (flips / transposes) stay on the GPU and transform alike
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    fa, fb = dihedral_batch(a, model, g1), dihedral_batch(b, model, g2)
+    assert fb.x.device.type == "cuda"
+    torch.testing.assert_close(fb.params.cpu(), fa.params)
+    torch.testing.assert_close(fb.x.cpu(), fa.x, atol=1e-3, rtol=1e-3)
+    noisy = PatchStream(model, "train", 7, device="cuda", **kw).next(32)  # type: ignore[arg-type]
+    assert torch.isfinite(noisy.x).all() and not torch.allclose(noisy.x, b.x)

@@ -264,3 +264,34 @@ def test_data_loader_workers_draw_streams_of_their_own() -> None:
     direct = PatchStream(**kw).next(4).x
     torch.testing.assert_close(first(1, 1)[0], direct)
     torch.testing.assert_close(two[0], direct)
+
+
+def test_data_on_the_training_device_needs_a_gpu(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the CUDA smoke below runs instead")
+    with pytest.raises(SystemExit, match="needs a GPU"):
+        main(
+            [
+                "--psf-model",
+                "gaussian1",
+                "--steps",
+                "1",
+                "--lr",
+                "1e-3",
+                "--out",
+                str(tmp_path / "g"),
+                "--data-device",
+                "train",
+                *FAST,
+            ]
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_train_with_data_made_on_the_gpu(tmp_path: Path) -> None:
+    out = tmp_path / "gpu"
+    args = ["--psf-model", "zernike1", "--steps", "4", "--val-every", "2", "--lr", "1e-3"]
+    main([*args, "--out", str(out), "--device", "cuda", "--data-device", "train", "--amp", *FAST])
+    _, card = load_model(out.with_suffix(".pt"))
+    assert card.training["steps"] == 4 and card.training["amp"]
+    assert card.data_recipe["data_device"].startswith("cuda")

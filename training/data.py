@@ -140,8 +140,11 @@ def _std(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 def _poisson(psi: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Poisson draws; Gaussian approximation above 50 expected counts (cheaper)."""
-    out = psi + psi.sqrt() * torch.randn(psi.shape, generator=g)
+    """Poisson draws; Gaussian approximation above 50 expected counts (cheaper).
+
+    ``g`` is a generator of ``psi``'s device.
+    """
+    out = psi + psi.sqrt() * torch.randn(psi.shape, generator=g, device=psi.device)
     low = psi < 50
     if low.any():
         out[low] = torch.poisson(psi[low], generator=g)
@@ -214,15 +217,17 @@ def _dihedral(
     a -> pi/2 - a (mod pi). Gaussian-2: transpose swaps the widths.
     """
     k, p = kernels.clone(), params.clone()
-    k[flip] = k[flip].flip(-2)
-    k[transpose] = k[transpose].transpose(-2, -1)
+    fk, tk = flip.to(k.device), transpose.to(k.device)  # kernels and params may live
+    fp, tp = flip.to(p.device), transpose.to(p.device)  # on different devices
+    k[fk] = k[fk].flip(-2)
+    k[tk] = k[tk].transpose(-2, -1)
     if model_name in ("zernike2", "zernike3"):
         a = p[:, -1]
-        a = torch.where(flip, -a, a)
-        a = torch.where(transpose, math.pi / 2 - a, a)
+        a = torch.where(fp, -a, a)
+        a = torch.where(tp, math.pi / 2 - a, a)
         p[:, -1] = torch.remainder(a, math.pi)
     elif model_name == "gaussian2":
-        p[transpose] = p[transpose].flip(-1)
+        p[tp] = p[tp].flip(-1)
     return k, p
 
 
@@ -280,6 +285,7 @@ class PSFBank:
         self._lo = torch.tensor([r[0] for r in rng])
         self._hi = torch.tensor([r[1] for r in rng])
         g = torch.Generator().manual_seed(seed)
+        self._on_device: torch.Tensor | None = None
         if not self.fresh:
             params = self._sample(size, g)
             chunks = [
@@ -292,15 +298,28 @@ class PSFBank:
         """``n`` parameter vectors drawn uniformly from the bank's intervals."""
         return self._lo + torch.rand(n, len(self._lo), generator=g) * (self._hi - self._lo)
 
-    def draw(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``n`` (kernels (n, k, k), params (n, N)) drawn uniformly."""
+    def draw(
+        self, n: int, g: torch.Generator, device: torch.device | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``n`` (kernels (n, k, k) on ``device``, params (n, N) on the CPU).
+
+        The draws come from ``g`` (a CPU generator) whatever the device, so the same
+        kernels are drawn on any device.
+        """
+        dev = torch.device("cpu") if device is None else device
         if self.fresh:
             p = self._sample(n, g)
-            return render_psf(self.model, p), p
+            return render_psf(self.model, p).to(dev), p
         idx = torch.randint(0, len(self.params), (n,), generator=g)
         flip = torch.rand(n, generator=g) < 0.5
         tr = torch.rand(n, generator=g) < 0.5
-        return _dihedral(self.model.name, self.kernels[idx], self.params[idx], flip, tr)
+        bank = self.kernels
+        if dev.type != "cpu":  # one copy of the bank on the device, made on first use
+            if self._on_device is None or self._on_device.device != dev:
+                self._on_device = self.kernels.to(dev)
+            bank, idx = self._on_device, idx.to(dev)
+        kernels, params = _dihedral(self.model.name, bank[idx], self.params[idx.cpu()], flip, tr)
+        return kernels, params.cpu()
 
 
 @dataclass
@@ -366,6 +385,13 @@ class PatchStream:
     overshoot : float
         Draw magnitudes beyond the range's top for that bank (see :func:`draw_ranges`;
         training streams only, so validation and test stay on the model's range).
+    device : str or torch.device
+        Where the pool of sources is kept and the patches are degraded (``"cuda"``:
+        generation on the GPU that trains, no CPU worker processes needed). Sources,
+        parameters and every per-patch draw come from the same CPU generator on any
+        device; the per-pixel noise comes from a generator of the device, so a CUDA
+        stream has the CPU stream's sources, PSFs and settings but other noise. The
+        patches come back on ``device``.
     """
 
     psf_model: str
@@ -379,10 +405,16 @@ class PatchStream:
     bank_size: int = 2048
     param_ranges: dict[str, tuple[float, float]] | None = None
     overshoot: float = 0.0
+    device: str | torch.device = "cpu"
 
     def __post_init__(self) -> None:
         off = {"train": 0, "val": 1_000_003, "test": 2_000_003}[self.split]
         self.g = torch.Generator().manual_seed(self.seed + off)
+        self._dev = torch.device(self.device)
+        # per-pixel noise: the CPU stream's own generator, or one of the device
+        self._gd = self.g
+        if self._dev.type != "cpu":
+            self._gd = torch.Generator(device=self._dev).manual_seed(self.seed + off)
         if self.bank is None:
             self.bank = PSFBank(
                 self.psf_model,
@@ -403,7 +435,7 @@ class PatchStream:
         # FIFO pool of source regions kept as a ring: logical item i (0 = oldest) is
         # row (head + i) % size. Refreshing overwrites the oldest rows in place (a
         # concatenation copied the whole ~90 MB pool on every batch).
-        self._pool_x = torch.empty(0, self.r, self.r)
+        self._pool_x = torch.empty(0, self.r, self.r, device=self._dev)
         self._pool_kind = torch.empty(0, dtype=torch.long)
         self._head = 0
         self._fill(self.pool)
@@ -421,6 +453,7 @@ class PatchStream:
 
     def _fill(self, n: int) -> None:
         xs, ks = self._new_sources(n)
+        xs = xs.to(self._dev)
         size = len(self._pool_x)
         if size < self.pool:  # still growing (the initial fill)
             xs = torch.cat([self._pool_x[self._head :], self._pool_x[: self._head], xs])
@@ -430,7 +463,7 @@ class PatchStream:
             return
         xs, ks = xs[-size:], ks[-size:]
         rows = (self._head + torch.arange(len(xs))) % size
-        self._pool_x[rows] = xs
+        self._pool_x[rows.to(self._dev)] = xs
         self._pool_kind[rows] = ks
         self._head = (self._head + len(xs)) % size
 
@@ -445,15 +478,16 @@ class PatchStream:
             self._fill(max(1, round(self.refresh * batch_size)))
         idx = torch.randint(0, len(self._pool_x), (batch_size,), generator=g)
         rows = (self._head + idx) % len(self._pool_x)
-        src = self._pool_x[rows]  # advanced indexing: a copy
+        src = self._pool_x[rows.to(self._dev)]  # advanced indexing: a copy
         kind = self._pool_kind[rows]
         # rotations by multiples of 90 degrees and flips
         rot = torch.randint(0, 4, (batch_size,), generator=g)
         for q in range(1, 4):
             m = rot == q
             if m.any():
-                src[m] = torch.rot90(src[m], q, dims=(-2, -1))
-        fl = torch.rand(batch_size, generator=g) < 0.5
+                md = m.to(self._dev)
+                src[md] = torch.rot90(src[md], q, dims=(-2, -1))
+        fl = (torch.rand(batch_size, generator=g) < 0.5).to(self._dev)
         src[fl] = src[fl].flip(-1)
         return self.degrade_sources(src, kind, keep_raw=keep_raw, keep_truth=keep_truth)
 
@@ -466,22 +500,24 @@ class PatchStream:
         keep_truth: bool = False,
     ) -> Batch:
         """Degrade sharp source regions (B, R, R) into a :class:`Batch`."""
-        g, cfg = self.g, cfg or self.degrade
+        g, cfg, dev = self.g, cfg or self.degrade, self._dev
         b, r = src.shape[0], self.r
-        src = src.clone()
+        src = src.to(dev, copy=True)
+        kind = kind.cpu()
         # synthetic black / flat patches
         syn_inv = torch.rand(b, generator=g) < cfg.invalid_fraction
         if syn_inv.any():
             level = torch.rand(b, generator=g)[:, None, None]
             level = torch.where(torch.rand(b, generator=g)[:, None, None] < 0.5, 0.0, level)
-            src[syn_inv] = level[syn_inv].expand(-1, r, r)
+            src[syn_inv.to(dev)] = level[syn_inv].expand(-1, r, r).to(dev)
             kind = torch.where(syn_inv, torch.full_like(kind, -1), kind)
         # non-uniform illumination: random linear ramp
-        c = torch.linspace(-1, 1, r)
-        th = torch.rand(b, generator=g) * 2 * math.pi
+        c = torch.linspace(-1, 1, r, device=dev)
+        th = (torch.rand(b, generator=g) * 2 * math.pi).to(dev)
         s = cfg.illum_gradient[0] + torch.rand(b, generator=g) * (
             cfg.illum_gradient[1] - cfg.illum_gradient[0]
         )
+        s = s.to(dev)
         ramp = 1 + s[:, None, None] * 0.5 * (
             torch.cos(th)[:, None, None] * c[None, None, :]
             + torch.sin(th)[:, None, None] * c[None, :, None]
@@ -490,9 +526,9 @@ class PatchStream:
         h = (r - PATCH) // 2
         sharp = src[:, h : h + PATCH, h : h + PATCH]
         invalid, smooth = validity_rule(sharp)
-        invalid |= syn_inv
+        invalid |= syn_inv.to(dev)
         assert self.bank is not None
-        kernels, params = self.bank.draw(b, g)
+        kernels, params = self.bank.draw(b, g, dev)
         blurred = valid_blur(src, kernels).clamp_min(0)
         # photons and Eq. 10 noise
         lp = torch.log(torch.tensor(cfg.peak_photons, dtype=torch.float32))
@@ -508,6 +544,7 @@ class PatchStream:
         if cfg.clean_fraction > 0:  # drawn only then: older recipes keep their streams
             clean = torch.rand(b, generator=g) < cfg.clean_fraction
             rr, bg = torch.where(clean, 0.0, rr), torch.where(clean, 0.0, bg)
+        peak, beta, rr, bg, clean = (t.to(dev) for t in (peak, beta, rr, bg, clean))
         psi = (blurred + bg[:, None, None]) * peak
         # observed-texture rule: blurred signal buried in the noise -> invalid
         sig = beta[:, 0, 0] * peak[:, 0, 0] * _std(blurred, (-2, -1))
@@ -516,11 +553,11 @@ class PatchStream:
             (shot if cfg.poisson else 0.0) + (rr * beta[:, 0, 0] * peak[:, 0, 0]) ** 2
         )
         invalid |= sig < cfg.snr_min * noise
-        counts = _poisson(psi, g) if cfg.poisson else psi
+        counts = _poisson(psi, self._gd) if cfg.poisson else psi
         if clean.any():
             counts = torch.where(clean[:, None, None], psi, counts)
         noisy = beta * counts + (rr[:, None, None] * beta * peak) * torch.randn(
-            psi.shape, generator=g
+            psi.shape, generator=self._gd, device=dev
         )
         x = normalize_patches(noisy[:, None])
         weight = (~smooth | invalid).float()
@@ -532,10 +569,10 @@ class PatchStream:
             )
         return Batch(
             x=x,
-            params=params,
+            params=params.to(dev),
             invalid=invalid.float(),
             weight=weight,
-            kind=kind,
+            kind=kind.to(dev),
             raw=noisy if keep_raw or keep_truth else None,
             snr=sig / noise,
             truth=truth,

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import copy
 import csv
+import itertools
 import math
 import os
 import shlex
@@ -167,6 +168,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with a new one sees fresh patches, scored on the same validation/test streams",
     )
     p.add_argument("--workers", type=int, default=1, help="data-generation processes per rank")
+    p.add_argument(
+        "--data-device",
+        default="cpu",
+        choices=["cpu", "train"],
+        help="train: generate the training patches on the training device (a GPU) in the "
+        "training process instead of --workers CPU processes (validation and test patches "
+        "stay CPU-made, the same as every other run's)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads for the training step")
     p.add_argument("--bank-size", type=int, default=2048)
     p.add_argument("--pool", type=int, default=512)
@@ -273,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.amp and device.type != "cuda":
         raise SystemExit("--amp needs a CUDA device")
+    if args.data_device == "train" and device.type == "cpu":
+        raise SystemExit("--data-device train needs a GPU (on the CPU use --workers)")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if args.amp:
@@ -369,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def loader(seed_shift: int) -> Iterator[Batch]:
         kw = dict(stream_kw, seed=stream_kw["seed"] + seed_shift)
+        if args.data_device == "train":
+            stream = PatchStream(**kw, device=device)
+            return (stream.next(args.batch_size) for _ in itertools.count())
         if args.workers > 0:
             dl = torch.utils.data.DataLoader(
                 _Stream(kw, args.batch_size),
@@ -566,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
             recipe["train_seed"] = train_seed
         if args.overshoot:  # only then: older cards stay as they were
             recipe["overshoot"] = args.overshoot
+        if args.data_device != "cpu":  # only then: older cards stay as they were
+            recipe["data_device"] = str(device)  # same sources and PSFs, the device's noise
         if args.param_ranges:  # only then: older cards stay as they were
             recipe["param_ranges"] = {k: list(v) for k, v in args.param_ranges.items()}
         card = ModelCard.for_psf_model(
