@@ -7,7 +7,9 @@ from psf_live.nets import ARCHS, build_net, get_codec, normalize_patches
 from psf_live.psf import PSF_MODELS, get_model
 
 
-@pytest.mark.parametrize("arch", ["compact", "spectral", "spectral-deep", "spectral-wide", "tiny"])
+@pytest.mark.parametrize(
+    "arch", ["compact", "spectral", "spectral-deep", "spectral-wide", "resnet18-w16", "tiny"]
+)
 def test_build_net_shapes(arch: str) -> None:
     net = build_net(arch, 5).eval()
     with torch.no_grad():
@@ -164,3 +166,24 @@ def test_undo_dihedral_matches_the_transformed_psf(
     raw_t = torch.cat([torch.zeros(6, 1), codec.encode(q)], dim=1)
     back = codec.undo_dihedral(raw_t, rotations, transpose)
     torch.testing.assert_close(back[:, 1:], codec.encode(p), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("arch", "params"), [("resnet18-w16", 0.70e6), ("resnet18-w32", 2.80e6)])
+def test_slim_resnet_is_resnet18_at_a_fraction_of_the_width(arch: str, params: float) -> None:
+    """ResNet-18's blocks and strides (128 px in, 4 x 4 features out), w/64 of its width."""
+    net = build_net(arch, 3)
+    n = sum(p.numel() for p in net.parameters())
+    assert abs(n - params) / params < 0.02, n
+    blocks = [m for m in net.modules() if type(m).__name__ == "BasicBlock"]
+    assert len(blocks) == 8
+    feats = net.features(torch.randn(2, 1, 128, 128))  # type: ignore[operator]
+    w = int(arch[-2:])
+    assert feats.shape == (2, 8 * w, 4, 4)
+    # its residual stages: torchvision's ResNet-18 stages scaled by (w / 64)^2 (BatchNorm,
+    # linear in the width, is a fraction of a percent of them)
+    from torchvision.models import resnet18
+
+    full = resnet18(num_classes=3)
+    body = sum(p.numel() for name, p in full.named_parameters() if name.startswith("layer"))
+    mine = sum(p.numel() for b in blocks for p in b.parameters())
+    assert mine == pytest.approx(body * (w / 64) ** 2, rel=0.01)

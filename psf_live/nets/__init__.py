@@ -1,6 +1,6 @@
 """Patch-regression networks, per-patch normalisation and output codecs."""
 
-from ._arch import ARCHS, LogPowerSpectrum, SpectralNet, build_net
+from ._arch import ARCHS, LogPowerSpectrum, SlimResNet, SpectralNet, build_net
 from ._codec import TTA_VIEWS, OutputCodec, dihedral_mean, dihedral_views, get_codec
 from ._normalize import normalize_patches
 from ._quant import (
@@ -17,6 +17,7 @@ __all__ = [
     "TTA_VIEWS",
     "LogPowerSpectrum",
     "OutputCodec",
+    "SlimResNet",
     "SpectralNet",
     "build_net",
     "dihedral_mean",

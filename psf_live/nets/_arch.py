@@ -5,9 +5,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ARCHS", "LogPowerSpectrum", "SpectralNet", "build_net"]
+__all__ = ["ARCHS", "LogPowerSpectrum", "SlimResNet", "SpectralNet", "build_net"]
 
-ARCHS = ("compact", "spectral", "spectral-wide", "spectral-deep", "resnet34", "resnext50", "tiny")
+ARCHS = (
+    "compact",
+    "spectral",
+    "spectral-wide",
+    "spectral-deep",
+    "resnet18-w16",
+    "resnet18-w32",
+    "resnet34",
+    "resnext50",
+    "tiny",
+)
 
 
 class MeanMaxPool(nn.Module):
@@ -169,6 +179,52 @@ class TinyNet(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
+class SlimResNet(nn.Module):
+    """ResNet-18's layout at a chosen width, for weights of a few MB trained on a GPU.
+
+    torchvision's basic residual blocks, two per stage, stage widths ``w, 2w, 4w, 8w``
+    (ResNet-18 itself: ``w = 64``), the same 7 x 7 stride-2 stem and max pooling (one
+    input channel), global mean pooling and a linear head. Why: the paper's ResNet-34,
+    trained on a GPU, read zernike1 far better than the small nets trained on 2 CPU cores
+    (``training/README.md``, "The paper's ResNet-34 on a GPU"), but its 85 MB of weights
+    do not ship. ``w = 32``: 2.8 M parameters (11 MB), ``w = 16``: 0.7 M (2.8 MB).
+
+    Parameters
+    ----------
+    n_outputs : int
+        Output width (validity logit + regression targets).
+    width : int
+        Channels of the first stage.
+    """
+
+    def __init__(self, n_outputs: int, width: int = 32) -> None:
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        w = width
+        layers: list[nn.Module] = [
+            nn.Conv2d(1, w, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),  # 128 -> 32
+        ]
+        cin = w
+        for i in range(4):
+            cout, stride = w * 2**i, 1 if i == 0 else 2
+            down = None
+            if stride != 1 or cin != cout:
+                down = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+                )
+            layers += [BasicBlock(cin, cout, stride, down), BasicBlock(cout, cout)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, n_outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 def _torchvision(arch: str, n_outputs: int) -> nn.Module:
     from torchvision import models as tvm
 
@@ -193,7 +249,8 @@ def build_net(arch: str, n_outputs: int) -> nn.Module:
         CNN on the patch's log power spectrum (:class:`SpectralNet`, ~330k parameters);
         ``"spectral-deep"``: the same with one more 3 x 3 block after each of its last
         three stages (~410k; a trained ``"spectral"`` net grows into it, ``training.grow``);
-        ``"spectral-wide"``: twice the channels (~770k); ``"resnet34"`` /
+        ``"spectral-wide"``: twice the channels (~770k); ``"resnet18-w32"`` /
+        ``"resnet18-w16"``: :class:`SlimResNet` (2.8 M / 0.7 M); ``"resnet34"`` /
         ``"resnext50"``: torchvision models with a 1-channel stem and ``n_outputs``
         outputs, as in the paper; ``"tiny"``: for tests.
     n_outputs : int
@@ -218,6 +275,8 @@ def build_net(arch: str, n_outputs: int) -> nn.Module:
         return SpectralNet(n_outputs, deep=True)
     if arch == "tiny":
         return TinyNet(n_outputs)
+    if arch in ("resnet18-w16", "resnet18-w32"):
+        return SlimResNet(n_outputs, width=int(arch[-2:]))
     if arch in ("resnet34", "resnext50"):
         return _torchvision(arch, n_outputs)
     raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
