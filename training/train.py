@@ -235,6 +235,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="on CUDA: bf16 autocast, TF32 and channels_last for the training step "
         "(validation and the test score stay float32)",
     )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="channels_last memory layout (faster convolutions for the ResNets, also on "
+        "the CPU: a resnet18-w16 step of 64 patches 191 instead of 266 ms on one core); "
+        "implied by --amp",
+    )
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.minutes is None and a.steps is None:
@@ -318,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     stream_kw.update(extra)
     torch.manual_seed(args.seed)
     net = build_net(args.arch, codec.n_outputs).to(device)
-    if args.amp:
+    channels_last = args.amp or args.channels_last
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
     if args.init and not (args.resume and out.with_suffix(".ckpt").exists()):
         init_net, init_card = load_model(args.init)
@@ -485,9 +493,11 @@ def main(argv: list[str] | None = None) -> int:
         else:  # re-use the last generated batch under a random flip/transpose (exact)
             b = dihedral_batch(last, pm.name, aug_g)
         x = b.x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if args.amp:
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                raw = model(x.contiguous(memory_format=torch.channels_last)).float()
+                raw = model(x).float()
         else:
             raw = model(x)
         loss, parts = loss_fn(raw, codec.encode(b.params).to(device), b)
