@@ -317,9 +317,8 @@ class PSFBank:
         if dev.type != "cpu":  # one copy of the bank on the device, made on first use
             if self._on_device is None or self._on_device.device != dev:
                 self._on_device = self.kernels.to(dev)
-            bank, idx = self._on_device, idx.to(dev)
-        kernels, params = _dihedral(self.model.name, bank[idx], self.params[idx.cpu()], flip, tr)
-        return kernels, params.cpu()
+            bank = self._on_device
+        return _dihedral(self.model.name, bank[idx.to(dev)], self.params[idx], flip, tr)
 
 
 @dataclass
