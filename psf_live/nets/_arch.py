@@ -225,6 +225,9 @@ class SlimResNet(nn.Module):
         return self.head(self.features(x))
 
 
+_SLIM_WIDTHS = {"resnet18-w16": 16, "resnet18-w32": 32}
+
+
 def _torchvision(arch: str, n_outputs: int) -> nn.Module:
     from torchvision import models as tvm
 
@@ -275,8 +278,8 @@ def build_net(arch: str, n_outputs: int) -> nn.Module:
         return SpectralNet(n_outputs, deep=True)
     if arch == "tiny":
         return TinyNet(n_outputs)
-    if arch in ("resnet18-w16", "resnet18-w32"):
-        return SlimResNet(n_outputs, width=int(arch[-2:]))
+    if arch in _SLIM_WIDTHS:
+        return SlimResNet(n_outputs, width=_SLIM_WIDTHS[arch])
     if arch in ("resnet34", "resnext50"):
         return _torchvision(arch, n_outputs)
     raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
