@@ -328,6 +328,17 @@ def main(argv: list[str] | None = None) -> int:
     channels_last = args.amp or args.channels_last
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+
+    def train_forward(m: torch.nn.Module, b: Batch) -> torch.Tensor:
+        """Raw outputs for a training step (learning-rate trials too): layout, autocast."""
+        x = b.x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not args.amp:
+            return m(x)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return m(x).float()
+
     if args.init and not (args.resume and out.with_suffix(".ckpt").exists()):
         init_net, init_card = load_model(args.init)
         grow = (init_card.arch, args.arch) in GROWABLE and init_card.psf_model == pm.name
@@ -419,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             net.load_state_dict(init)
             opt = torch.optim.Adam(net.parameters(), lr=c)
             for b in trial_batches:
-                raw = net(b.x.to(device))
+                raw = train_forward(net, b)
                 loss, _ = loss_fn(raw, codec.encode(b.params).to(device), b)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -492,14 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             b = last = next(data)
         else:  # re-use the last generated batch under a random flip/transpose (exact)
             b = dihedral_batch(last, pm.name, aug_g)
-        x = b.x.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if args.amp:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                raw = model(x).float()
-        else:
-            raw = model(x)
+        raw = train_forward(model, b)
         loss, parts = loss_fn(raw, codec.encode(b.params).to(device), b)
         opt.zero_grad(set_to_none=True)
         loss.backward()
