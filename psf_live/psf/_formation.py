@@ -152,11 +152,19 @@ class OverlapAdd:
         forward model sums the kernels' products in the Fourier domain (one
         inverse transform instead of one per kernel) and the adjoint transforms
         its input once, so ``n + 1`` transforms per application instead of
-        ``2 n``, each larger. ``"auto"`` picks the one with fewer transformed
-        points: the frame for a few kernels (a 2x2 grid on 256x256: 5 x 300^2
-        vs 8 x 288^2 points; TV-RL took 0.73-0.86x the time of the windows,
+        ``2 n``, each larger; the masks are separable, so of the ``n`` transforms
+        only the column halves are per kernel and the row halves per grid
+        column (C instead of R x C). ``"auto"`` picks the one with fewer
+        transformed points, counting ``n + 1`` whole transforms for the frame:
+        the frame for a few kernels (a 2x2 grid on 256x256: 5 x 300^2 vs 8 x
+        288^2 points; TV-RL took 0.73-0.86x the time of the windows,
         ``benchmarks/deconv_speed.py`` times both), the windows whenever the
-        grid has more than about 8 kernels (a live map's 8x8 grid).
+        grid has more than about 8 kernels (a live map's 8x8 grid). The count
+        with the row halves shared would pick the frame for a 4x4 grid on
+        512x512, where TV-RL took 2.4x the windows' time (column FFTs of the
+        whole frame height per kernel cost more than the count says), so the
+        rule stays the plain count, which picked the faster method at 2x2 /
+        512, 3x3 / 384 and 4x4 / 256 and 512 too.
 
     Notes
     -----
@@ -237,7 +245,6 @@ class OverlapAdd:
         self._kernels = kk
         self._spectra_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._wy, self._wx = wy_t, wx_t
-        self._frame_m: torch.Tensor | None = None
         self._buffers: dict[tuple[str | int, ...], torch.Tensor] = {}
         n = R * C
         window_points = 2 * n * self._fh * self._fw
@@ -314,8 +321,10 @@ class OverlapAdd:
                     acc[b] += o
         return acc[self._pad_y : self._pad_y + H, self._pad_x : self._pad_x + W]
 
-    def _buffer(self, use: str, shape: tuple[int, int, int]) -> torch.Tensor:
-        """Zeroed float32 FFT input buffer, reused across calls (one per use and thread).
+    def _buffer(
+        self, use: str, shape: tuple[int, int, int], dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Zeroed FFT input buffer, reused across calls (one per use and thread).
 
         Each ``use`` writes only the same leading block of it every time, so the zero
         padding around that block is never touched.
@@ -325,28 +334,32 @@ class OverlapAdd:
         if buf is None:
             if len(self._buffers) >= 8:
                 self._buffers.clear()
-            buf = torch.zeros(shape, device=self.device)
+            buf = torch.zeros(shape, device=self.device, dtype=dtype)
             self._buffers[key] = buf
         return buf
 
     def _spectra(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Kernel spectra at an FFT size (kernel centre at the origin), and conjugates."""
         if size not in self._spectra_cache:
-            k = self._kernels
-            r = self.radius
-            kpad = torch.zeros((k.shape[0], *size), device=self.device)
-            kpad[:, : k.shape[-2], : k.shape[-1]] = k
-            K = torch.fft.rfft2(torch.roll(kpad, shifts=(-r, -r), dims=(-2, -1)))
+            K = self._kernel_spectra(size)
             self._spectra_cache[size] = (K, K.conj().resolve_conj())
         return self._spectra_cache[size]
 
-    def _frame_masks(self) -> torch.Tensor:
-        """Return the (n, H, W) masks phi_m over the whole frame (made once)."""
-        if self._frame_m is None:
-            self._frame_m = (self._wy[:, None, :, None] * self._wx[None, :, None, :]).reshape(
-                -1, *self.shape
-            )
-        return self._frame_m
+    def _kernel_spectra(self, size: tuple[int, int]) -> torch.Tensor:
+        """``rfft2`` of the kernels zero-padded to ``size``, centre at the origin."""
+        k = self._kernels
+        r = self.radius
+        kpad = torch.zeros((k.shape[0], *size), device=self.device)
+        kpad[:, : k.shape[-2], : k.shape[-1]] = k
+        return torch.fft.rfft2(torch.roll(kpad, shifts=(-r, -r), dims=(-2, -1)))
+
+    def _spectra_t(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Kernel spectra at a frame FFT size, (n, fw // 2 + 1, fh): columns contiguous."""
+        key = (-size[0], -size[1])  # its own cache entry, apart from the windows' layout
+        if key not in self._spectra_cache:
+            KT = self._kernel_spectra(size).transpose(-1, -2).contiguous()
+            self._spectra_cache[key] = (KT, KT.conj().resolve_conj())
+        return self._spectra_cache[key]
 
     def _frame_size(self, trim: int) -> tuple[int, int]:
         # Linear convolution restricted to an inner region (output cropped, or
@@ -357,30 +370,57 @@ class OverlapAdd:
         return next_fast_len(H + extra), next_fast_len(W + extra)
 
     def _forward_frame(self, x: torch.Tensor, crop: int) -> torch.Tensor:
+        """Whole-frame forward model, the masks' separability used.
+
+        ``phi_m = wy_i(y) wx_j(x)``, so the row transforms of the R x C masked images
+        are ``wy_i`` times the row transforms of the C images ``wx_j x``: C real row
+        FFTs instead of R x C. Column transforms run on a transposed (kx, y) layout,
+        written by the ``wy_i`` product itself, so every FFT is along contiguous memory.
+        """
         H, W = self.shape
-        size = self._frame_size(crop)
-        K, _ = self._spectra(size)
-        masks = self._frame_masks()
-        buf = self._buffer("frame", (masks.shape[0], *size))
-        torch.mul(masks, x.to(self.device, torch.float32), out=buf[:, :H, :W])
-        X = torch.fft.rfft2(buf)
-        S = (X.mul_(K)).sum(0)
-        out = irfft2(S, size, rows=H - crop)
-        return out[crop:, crop : W - crop]
+        R, C = self.grid
+        fh, fw = self._frame_size(crop)
+        fw2 = fw // 2 + 1
+        KT, _ = self._spectra_t((fh, fw))
+        rows = self._buffer("frame-rows", (C, H, fw))
+        torch.mul(self._wx[:, None, :], x.to(self.device, torch.float32), out=rows[..., :W])
+        Z = torch.fft.rfft(rows, dim=-1)  # (C, H, fw2)
+        cols = self._buffer("frame-cols", (R * C, fw2, fh), torch.complex64)
+        torch.mul(
+            self._wy[:, None, None, :],
+            Z.transpose(-1, -2)[None],
+            out=cols.view(R, C, fw2, fh)[..., :H],
+        )
+        S = torch.fft.fft(cols, dim=-1).mul_(KT).sum(0)  # (fw2, fh): the blurred spectrum
+        s = torch.fft.ifft(S, dim=-1)[:, crop : H - crop]
+        out = torch.fft.irfft(s.transpose(0, 1).contiguous(), n=fw, dim=-1)
+        return out[:, crop : W - crop]
 
     def _adjoint_frame(self, r: torch.Tensor, margin: int) -> torch.Tensor:
+        """Whole-frame adjoint: the forward model's steps transposed, in reverse order.
+
+        One 2D transform of ``r``, R x C column products and inverse column FFTs, the
+        ``wy_i`` weights summed in the Fourier domain along rows, then C inverse row
+        FFTs weighted by ``wx_j``.
+        """
         H, W = self.shape
-        size = self._frame_size(margin)
-        _, Kc = self._spectra(size)
+        R, C = self.grid
         m = margin
-        R = torch.fft.rfft2(
-            torch.nn.functional.pad(
-                r.to(self.device, torch.float32),
-                (m, size[1] - W + m, m, size[0] - H + m),
-            )
-        )
-        out = irfft2(R * Kc, size, rows=H)[..., :W]
-        return out.mul_(self._frame_masks()).sum(0)
+        fh, fw = self._frame_size(m)
+        fw2 = fw // 2 + 1
+        _, KcT = self._spectra_t((fh, fw))
+        rows = self._buffer(f"adjoint-rows-{m}", (1, H - 2 * m, fw))[0]
+        rows[:, m : W - m].copy_(r)
+        cols = self._buffer(f"adjoint-cols-{m}", (1, fw2, fh), torch.complex64)[0]
+        cols[:, m : H - m].copy_(torch.fft.rfft(rows, dim=-1).transpose(0, 1))
+        P = torch.fft.ifft(torch.fft.fft(cols, dim=-1) * KcT, dim=-1)  # (n, fw2, fh)
+        P = P.view(R, C, fw2, fh)[..., :H].transpose(-1, -2)  # (R, C, H, fw2) views
+        D = torch.empty((C, H, fw2), device=self.device, dtype=torch.complex64)
+        torch.mul(P[0], self._wy[0, None, :, None], out=D)
+        for i in range(1, R):
+            D.addcmul_(P[i], self._wy[i, None, :, None])
+        out = torch.fft.irfft(D, n=fw, dim=-1)[..., :W]  # (C, H, W)
+        return out.mul_(self._wx[:, None, :]).sum(0)
 
     def forward(self, x: torch.Tensor, crop: int = 0) -> torch.Tensor:
         """Apply ``H``: blur ``x`` (H, W) with the spatially-variant kernels.
