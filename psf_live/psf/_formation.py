@@ -244,6 +244,8 @@ class OverlapAdd:
         # first use; only the chosen method's are ever made.
         self._kernels = kk
         self._spectra_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        # the same for the whole-frame method, transposed (columns contiguous)
+        self._spectra_t_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._wy, self._wx = wy_t, wx_t
         self._buffers: dict[tuple[str | int, ...], torch.Tensor] = {}
         n = R * C
@@ -322,14 +324,14 @@ class OverlapAdd:
         return acc[self._pad_y : self._pad_y + H, self._pad_x : self._pad_x + W]
 
     def _buffer(
-        self, use: str, shape: tuple[int, int, int], dtype: torch.dtype = torch.float32
+        self, use: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
         """Zeroed FFT input buffer, reused across calls (one per use and thread).
 
-        Each ``use`` writes only the same leading block of it every time, so the zero
+        Each ``use`` writes only the same block of it every time, so the zero
         padding around that block is never touched.
         """
-        key = (use, *shape, threading.get_ident())
+        key: tuple[str | int, ...] = (use, *shape, threading.get_ident())
         buf = self._buffers.get(key)
         if buf is None:
             if len(self._buffers) >= 8:
@@ -355,11 +357,10 @@ class OverlapAdd:
 
     def _spectra_t(self, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Kernel spectra at a frame FFT size, (n, fw // 2 + 1, fh): columns contiguous."""
-        key = (-size[0], -size[1])  # its own cache entry, apart from the windows' layout
-        if key not in self._spectra_cache:
+        if size not in self._spectra_t_cache:
             KT = self._kernel_spectra(size).transpose(-1, -2).contiguous()
-            self._spectra_cache[key] = (KT, KT.conj().resolve_conj())
-        return self._spectra_cache[key]
+            self._spectra_t_cache[size] = (KT, KT.conj().resolve_conj())
+        return self._spectra_t_cache[size]
 
     def _frame_size(self, trim: int) -> tuple[int, int]:
         # Linear convolution restricted to an inner region (output cropped, or
@@ -409,9 +410,9 @@ class OverlapAdd:
         fh, fw = self._frame_size(m)
         fw2 = fw // 2 + 1
         _, KcT = self._spectra_t((fh, fw))
-        rows = self._buffer(f"adjoint-rows-{m}", (1, H - 2 * m, fw))[0]
+        rows = self._buffer(f"adjoint-rows-{m}", (H - 2 * m, fw))
         rows[:, m : W - m].copy_(r)
-        cols = self._buffer(f"adjoint-cols-{m}", (1, fw2, fh), torch.complex64)[0]
+        cols = self._buffer(f"adjoint-cols-{m}", (fw2, fh), torch.complex64)
         cols[:, m : H - m].copy_(torch.fft.rfft(rows, dim=-1).transpose(0, 1))
         P = torch.fft.ifft(torch.fft.fft(cols, dim=-1) * KcT, dim=-1)  # (n, fw2, fh)
         P = P.view(R, C, fw2, fh)[..., :H].transpose(-1, -2)  # (R, C, H, fw2) views
