@@ -180,6 +180,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bank-size", type=int, default=2048)
     p.add_argument("--pool", type=int, default=512)
     p.add_argument(
+        "--refresh",
+        type=float,
+        default=0.1,
+        help="fraction of the training pool of sources replaced per batch (source "
+        "generation is the data stream's CPU cost once patches are degraded on a GPU)",
+    )
+    p.add_argument(
         "--noise",
         default="standard",
         choices=["standard", "strong"],
@@ -317,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "degrade": degrade,
         "bank_size": args.bank_size,
         "pool": args.pool,
+        "refresh": args.refresh,
         "overshoot": args.overshoot,
     }
     extra: dict[str, Any] = {"types": types} if types else {}
@@ -592,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if train_seed != args.seed:  # only then: older cards stay as they were
             recipe["train_seed"] = train_seed
+        if args.refresh != 0.1:  # only then: older cards stay as they were
+            recipe["refresh"] = args.refresh
         if args.overshoot:  # only then: older cards stay as they were
             recipe["overshoot"] = args.overshoot
         if args.data_device != "cpu":  # only then: older cards stay as they were
