@@ -374,7 +374,8 @@ class PatchStream:
     pool : int
         Source regions kept in memory.
     refresh : float
-        Fraction of the pool replaced by new sources per batch.
+        New source regions per batch, as a fraction of the batch size (they replace the
+        oldest of the pool).
     bank : PSFBank, optional
         Shared kernel bank (built from ``seed`` if omitted).
     bank_size : int
@@ -387,10 +388,12 @@ class PatchStream:
     device : str or torch.device
         Where the pool of sources is kept and the patches are degraded (``"cuda"``:
         generation on the GPU that trains, no CPU worker processes needed). Sources,
-        parameters and every per-patch draw come from the same CPU generator on any
-        device; the per-pixel noise comes from a generator of the device, so a CUDA
-        stream has the CPU stream's sources, PSFs and settings but other noise. The
-        patches come back on ``device``.
+        parameters and every per-patch draw come from a CPU generator on any device;
+        the per-pixel noise comes from a generator of the device. The first batch of a
+        CUDA stream therefore has the CPU stream's sources, PSFs and settings with other
+        noise; later batches are other draws of the same recipe, because the CPU stream
+        also takes its per-pixel noise from its one generator. The patches come back on
+        ``device``.
     """
 
     psf_model: str

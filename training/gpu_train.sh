@@ -2,7 +2,7 @@
 # The shippable slim ResNet (resnet18-w16, 2.8 MB) for the four PSF models of issue #3,
 # trained side by side on one CUDA GPU within one device session: the patches are degraded
 # on the GPU (--data-device train), so each run's CPU cost is making source regions
-# (--refresh 0.05: 26 new sources per batch of 256 instead of 51).
+# (--refresh 0.05: 13 new sources per batch of 256 instead of 26).
 # Run from the repository root:
 #   bash training/gpu_train.sh OUT_DIR       (MINUTES=6.5 THREADS=3 PYTHON=python3 to choose)
 # A run whose GPU data path fails within its first two minutes is started again with its

@@ -183,8 +183,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--refresh",
         type=float,
         default=0.1,
-        help="fraction of the training pool of sources replaced per batch (source "
-        "generation is the data stream's CPU cost once patches are degraded on a GPU)",
+        help="new training source regions per batch, as a fraction of the batch size "
+        "(making sources is the stream's CPU cost once patches are degraded on a GPU)",
     )
     p.add_argument(
         "--noise",
