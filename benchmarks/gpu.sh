@@ -4,7 +4,8 @@
 #      TV-RL and the PSF-size refinement: benchmarks/deconv_speed.py --device cuda --refine);
 #   2. the test suite with a CUDA device present: the CUDA-only tests run, and every
 #      component left to choose its device (device=None) picks the GPU. The GUI tests
-#      (pytest-qt) are left out.
+#      (pytest-qt, and the one recording test that needs a QApplication) are left out: the
+#      GPU machine's image has no Qt.
 # Run from the repository root of an installed checkout:
 #   bash benchmarks/gpu.sh [OUT_DIR]      (PYTHON=python3 WORKERS=6 to choose)
 set -u
@@ -18,4 +19,5 @@ $py benchmarks/deconv_speed.py --device cuda --refine 2>&1 | tee "$out/deconv_sp
 # warnings shown, not raised: the GPU machine may hold other versions of numpy, torch ...;
 # one line per test as it ends (-v), so a run cut short still names its failures
 $py -m pytest -v -p no:cacheprovider --ignore=tests/test_gui_panel.py -n "${WORKERS:-4}" \
+    --deselect tests/test_record_session.py::test_headless_core_records_while_a_qt_app_exists \
     -W default -rfEs 2>&1 | tee "$out/pytest_cuda.txt"
