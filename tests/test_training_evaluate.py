@@ -51,6 +51,29 @@ def test_evaluate_runs_on_the_card_ranges(tmp_path: Path, capsys: pytest.Capture
     assert "training intervals" not in capsys.readouterr().out
 
 
+def test_images_only_scores_just_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--images DIR --images-only``: a folder of held-out images degraded with known PSFs,
+    no test streams (the quick generalisation check of candidate networks)."""
+    import numpy as np
+    import tifffile
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        tifffile.imwrite(folder / f"s{i}.tif", rng.random((256, 256)).astype(np.float32))
+    path = _tiny(tmp_path, {})
+    out = tmp_path / "eval"
+    args = ["--model", str(path), "--batches", "1", "--batch-size", "8", "--bank-size", "16"]
+    assert evaluate.main([*args, "--images", str(folder), "--images-only", "--out", str(out)]) == 0
+    assert "R^2 on" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["models"]["lens-z3"]) == {"images"}
+    assert report["models"]["lens-z3"]["images"]["n"] > 0
+    with pytest.raises(SystemExit):
+        evaluate.main([*args, "--images-only", "--out", str(out)])
+
+
 class _AlwaysValid(torch.nn.Module):
     """Raw output 0 everywhere: validity probability 0.5, every patch called valid."""
 

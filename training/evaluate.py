@@ -416,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--images", type=Path, default=None, help="folder of TIFF/PNG images to score")
     p.add_argument(
+        "--images-only",
+        action="store_true",
+        help="with --images: score only the folder (no test streams, no sweep)",
+    )
+    p.add_argument(
         "--batches", type=int, default=8, help="batches of 64 per data type / sweep point"
     )
     p.add_argument("--batch-size", type=int, default=64)
@@ -451,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         "made for one set-up) or from the PSF model's full ranges",
     )
     a = p.parse_args(argv)
+    if a.images_only and a.images is None:
+        p.error("--images-only needs --images DIR")
     if a.int8 and a.device != "cpu":
         p.error("--int8 weights run on the CPU only")
     if a.threads:
@@ -471,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
         ranges = card_ranges(card, a.ranges)
         if ranges:
             print(f"{card.name}: test PSFs drawn from its training intervals {ranges}")
+        if a.images_only:
+            cols = [*card.param_names, "r2", "validity_acc", "n"]
+            img = eval_images(net, pm, a.images, a.batches, a.seed, a.batch_size, ranges)
+            title = f"R^2 on {a.images}: {card.name} ({pm}, {card.arch})"
+            print(_fmt_table(title, {f"images:{a.images.name}": img}, cols))
+            report[card.name] = {"images": img}
+            continue
         rows = eval_types(net, pm, a.batches, a.seed, a.batch_size, ranges)
         validity = rows.pop("_validity")
         train_types = card.data_recipe.get("sources", {})
