@@ -4,7 +4,8 @@
 # on the GPU (--data-device train), so each run's CPU cost is making source regions
 # (--refresh 0.05: 13 new sources per batch of 256 instead of 26).
 # Run from the repository root:
-#   bash training/gpu_train.sh OUT_DIR       (MINUTES=6.5 THREADS=3 PYTHON=python3 to choose)
+#   bash training/gpu_train.sh OUT_DIR       (MINUTES=6.5 THREADS=3 PYTHON=python3 to choose;
+#                                              ARCH=spectral-deep for another architecture)
 # A run whose GPU data path fails within its first two minutes is started again with its
 # patches made by CPU worker processes instead (that is said in its log).
 set -u
@@ -13,9 +14,10 @@ mkdir -p "$out"
 py="${PYTHON:-python}"
 minutes="${MINUTES:-6.5}"
 threads="${THREADS:-3}"
+arch="${ARCH:-resnet18-w16}"
 export PYTHONUNBUFFERED=1
 
-common=(--arch resnet18-w16 --amp --batch-size 256 --threads "$threads" --minutes "$minutes"
+common=(--arch "$arch" --amp --batch-size 256 --threads "$threads" --minutes "$minutes"
     --lr-candidates 1e-3,3e-4 --lr-search-steps 40 --val-every 500 --val-batches 8
     --patience 40 --test-batches 8 --bank-size 8192 --refresh 0.05 --reuse 2
     --clean-fraction 0.1 --no-progress)
