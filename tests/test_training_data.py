@@ -58,6 +58,23 @@ def test_param_ranges_narrow_the_draw_only() -> None:
         draw_ranges("zernike1", {"focus": (0.5, 0.5)})
 
 
+def test_refresh_sets_the_new_sources_per_batch() -> None:
+    """``refresh`` is a fraction of the batch size: 0.25 x 16 = 4 new source regions per
+    batch replace the oldest of the pool; 0 keeps the pool; a negative one is refused."""
+    kw = {"bank_size": 16, "pool": 16}
+    s = PatchStream("gaussian1", "train", 0, refresh=0.25, **kw)  # type: ignore[arg-type]
+    first = s._pool_x.clone()
+    s.next(16)
+    kept = [any(torch.equal(r, f) for f in first) for r in s._pool_x]
+    assert kept.count(False) == 4
+    still = PatchStream("gaussian1", "train", 0, refresh=0.0, **kw)  # type: ignore[arg-type]
+    pool = still._pool_x.clone()
+    still.next(16)
+    assert torch.equal(still._pool_x, pool)
+    with pytest.raises(ValueError, match="refresh"):
+        PatchStream("gaussian1", "train", 0, refresh=-0.1, **kw)  # type: ignore[arg-type]
+
+
 def test_overshoot_draws_beyond_the_top_with_true_labels() -> None:
     # zernike1 with 25 % overshoot: focus drawn from [0, 1.25], kernels match the labels
     bank = PSFBank("zernike1", size=256, seed=2, overshoot=0.25)

@@ -410,6 +410,8 @@ class PatchStream:
     device: str | torch.device = "cpu"
 
     def __post_init__(self) -> None:
+        if self.refresh < 0:
+            raise ValueError(f"refresh must be >= 0, got {self.refresh}")
         off = {"train": 0, "val": 1_000_003, "test": 2_000_003}[self.split]
         self.g = torch.Generator().manual_seed(self.seed + off)
         self._dev = torch.device(self.device)
