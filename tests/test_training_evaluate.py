@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 
 from psf_live import models, nets
@@ -54,9 +56,6 @@ def test_evaluate_runs_on_the_card_ranges(tmp_path: Path, capsys: pytest.Capture
 def test_images_only_scores_just_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``--images DIR --images-only``: a folder of held-out images degraded with known PSFs,
     no test streams (the quick generalisation check of candidate networks)."""
-    import numpy as np
-    import tifffile
-
     folder = tmp_path / "scenes"
     folder.mkdir()
     rng = np.random.default_rng(0)

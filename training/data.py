@@ -59,6 +59,9 @@ PATCH = 128
 FLAT_STD = 0.02  # below: flat / textureless
 WHITE_LEVEL, WHITE_MIN = 0.1, 4  # fewer than 4 pixels above 0.1: black
 SMOOTH_DETAIL = 0.04  # fine-detail ratio below: already-smooth content (weight 0)
+REFRESH = 0.1
+"""Default of :attr:`PatchStream.refresh`: new source regions per batch, as a fraction of
+the batch size (every shipped model's training stream)."""
 SNR_MIN = 0.1
 """Default of :attr:`DegradeConfig.snr_min`: std of the noise-free blurred patch / noise
 std below which the texture is lost in the noise (invalid). Measured (2026-12-03, 4,096
@@ -402,7 +405,7 @@ class PatchStream:
     types: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TYPES))
     degrade: DegradeConfig = field(default_factory=DegradeConfig)
     pool: int = 512
-    refresh: float = 0.1
+    refresh: float = REFRESH
     bank: PSFBank | None = None
     bank_size: int = 2048
     param_ranges: dict[str, tuple[float, float]] | None = None

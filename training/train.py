@@ -47,6 +47,7 @@ from psf_live.psf import get_model
 
 from .data import (
     DEFAULT_TYPES,
+    REFRESH,
     SNR_MIN,
     Batch,
     DegradeConfig,
@@ -182,7 +183,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--refresh",
         type=float,
-        default=0.1,
+        default=REFRESH,
         help="new training source regions per batch, as a fraction of the batch size "
         "(making sources is the stream's CPU cost once patches are degraded on a GPU)",
     )
@@ -600,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if train_seed != args.seed:  # only then: older cards stay as they were
             recipe["train_seed"] = train_seed
-        if args.refresh != 0.1:  # only then: older cards stay as they were
+        if args.refresh != REFRESH:  # only then: older cards stay as they were
             recipe["refresh"] = args.refresh
         if args.overshoot:  # only then: older cards stay as they were
             recipe["overshoot"] = args.overshoot
