@@ -53,6 +53,7 @@ from .evaluate import (
     _stream,
     card_ranges,
     predict,
+    standard_heads,
     sweep_config,
 )
 from .metrics import axis_period, r2_report
@@ -324,7 +325,8 @@ def setup(
     if a.threads:
         torch.set_num_threads(a.threads)
     BANK_SIZE[0] = a.bank_size
-    return load_model(a.model)
+    net, card = load_model(a.model)
+    return standard_heads(net, card), card
 
 
 def _draw(

@@ -35,6 +35,7 @@ from ._metric import (
     dead_zone,
     depth_features,
     depth_metric,
+    pair_params,
     signed_focus,
 )
 from ._synthetic import synthetic_psf_map
@@ -78,6 +79,7 @@ __all__ = [
     "frame_depth",
     "map_depth",
     "metric_reach",
+    "pair_params",
     "parse_tilts",
     "robust_lstsq",
     "signed_focus",
