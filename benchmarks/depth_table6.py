@@ -197,6 +197,7 @@ def make_images(
                 axis_noise=args.gt_axis_noise,
                 invalid_fraction=0.05,
                 outlier_fraction=args.gt_outliers,
+                lens_axis=math.radians(args.lens_axis_deg),
                 rng=rng,
                 meta=meta,
             )
@@ -211,7 +212,7 @@ def make_images(
     scope = SimMicroscope(SimSettings(shape=SHAPE), seed=seed)
     scope.update(
         cylinder=0.25,
-        cylinder_axis=math.pi / 4,
+        cylinder_axis=math.radians(args.lens_axis_deg),
         tilt_axis=args.tilt_axis,
         curvature_radius_um=curvature_um,
     )
@@ -231,7 +232,8 @@ def make_images(
         sseed = int(rng.integers(1_000_000))
         curved = f"_c{curvature_um:g}" if curvature_um else ""
         along = "" if args.tilt_axis == "x" else f"_{args.tilt_axis}"
-        name = f"s{seed}_{i:03d}_{t:+g}_{args.exposure_ms:g}{curved}{along}.npy"
+        lens = "" if args.lens_axis_deg == 45 else f"_lens{args.lens_axis_deg:g}"
+        name = f"s{seed}_{i:03d}_{t:+g}_{args.exposure_ms:g}{curved}{along}{lens}.npy"
         f = cache / name if cache else None
         scope.update(tilt_deg=float(t), sample_offset_um=off, sample_seed=sseed)
         if f is not None and f.exists():
@@ -433,6 +435,13 @@ def main() -> int:
     ap.add_argument("--n-cal", type=int, default=4, help="of which used for calibration")
     ap.add_argument("--per-extra", type=int, default=3, help="images per extra tilt")
     ap.add_argument("--exposure-ms", type=float, default=10.0)
+    ap.add_argument(
+        "--lens-axis-deg",
+        type=float,
+        default=45.0,
+        help="axis of the simulated cylindrical lens (degrees from +x; the grid's lines run "
+        "along x and y)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gt-focus-noise", type=float, default=0.01, help="waves RMS")
@@ -493,6 +502,7 @@ def main() -> int:
                 spread_quantile=args.spread_quantile,
                 deadzone=deadzone,
                 max_metric="auto" if args.reach == "auto" else None,
+                lens_axis=math.radians(args.lens_axis_deg),
             )
         except Exception as exc:  # non-monotone cubic etc.
             print(f"  {f + ' ' + fit:<22}  refused: {exc}")
