@@ -19,7 +19,6 @@ from psf_live.depth import (
     depth_spread,
     fit_calibration,
     fit_depth_plane,
-    pair_params,
     robust_lstsq,
     signed_focus,
     synthetic_psf_map,
@@ -224,50 +223,6 @@ def test_dead_zone_undoes_a_biased_focus():
     assert DepthCalibration.from_dict(old).deadzone == 0.0
     with pytest.raises(ValueError, match="deadzone"):
         DepthCalibration.from_dict({**auto.to_dict(), "deadzone": -0.1})
-
-
-def _with_pair(m, rng, noise):
-    """Give a ground-truth map the focus pair of a focus-pair network (plus noise) and
-    spoil its focus and axis heads: depth must come from the pair."""
-    f, a = m.params[..., 0].astype(np.float64), m.params[..., 2].astype(np.float64)
-    pair = np.stack([f * np.cos(2 * a), f * np.sin(2 * a)], axis=-1)
-    m.focus_pair = (pair + noise * rng.standard_normal(pair.shape)).astype(np.float32)
-    views = m.focus_pair[:, :, None, :] + noise * rng.standard_normal((*pair.shape[:2], 8, 2))
-    m.view_focus_pair = views.astype(np.float32)
-    m.params[..., 0] += 0.08  # the focus head's one-sided error near focus
-    m.params[..., 2] = rng.uniform(0, math.pi, a.shape)  # an axis head gone wrong
-    m.view_params = np.repeat(m.params[:, :, None, :], 8, axis=2)
-    m.meta = {**m.meta, "name": "fp", "targets": "focus-pair"}
-    return m
-
-
-def test_pair_params_make_the_signed_focus_the_pairs_projection():
-    rng = np.random.default_rng(3)
-    pair = rng.normal(size=(5, 4, 2))
-    params = rng.uniform(0, 1, (5, 4, 3))
-    q = pair_params(params, NAMES, pair)
-    for lens in (math.pi / 4, 0.3):
-        proj = pair[..., 0] * np.cos(2 * lens) + pair[..., 1] * np.sin(2 * lens)
-        np.testing.assert_allclose(signed_focus(q, NAMES, lens), proj, atol=1e-6)
-    np.testing.assert_array_equal(q[..., 1], params[..., 1])  # the cylinder is kept
-    with pytest.raises(ValueError, match="does not match"):
-        pair_params(params, NAMES, pair[:, :3])
-
-
-def test_depth_of_a_focus_pair_network_comes_from_its_pair():
-    rng = np.random.default_rng(21)
-    maps = [_with_pair(m, rng, 0.004) for m in _maps([3, 6, 10], rng)]
-    cal = fit_calibration(maps, [3, 6, 10])
-    test = _with_pair(_maps([8], rng)[0], rng, 0.004)
-    truth = true_depth_grid(CY, CX, 8, "x", PX, SHAPE)
-    err = np.nanmean(np.abs(depth_map(test, cal, limits=False) - truth))
-    assert err < 0.5  # um, on a 92 um range; the spoilt heads alone would be far off
-    spread = depth_spread(test, cal)
-    assert spread is not None and float(np.nanmedian(spread)) < 0.5
-    # a map of that network without its pair cannot give depth
-    test.focus_pair = None
-    with pytest.raises(CalibrationError, match="lacks its focus pair"):
-        depth_map(test, cal)
 
 
 def test_lens_axis_must_match_the_network():

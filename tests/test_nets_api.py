@@ -98,30 +98,6 @@ def test_codec_roundtrip(name: str) -> None:
     assert torch.allclose(back, p, atol=1e-4)
 
 
-def test_focus_pair_codec_adds_the_signed_focus_and_decodes_as_the_standard_one() -> None:
-    std, fp = get_codec("zernike3"), get_codec("zernike3", "focus-pair")
-    assert (fp.targets, fp.n_outputs, std.n_outputs) == ("focus-pair", 7, 5)
-    f = torch.tensor([0.0, 0.4, 0.4, 1.0])
-    a = torch.tensor([0.3, math.pi / 4, 3 * math.pi / 4, 2.0])
-    p = torch.stack([f, torch.full_like(f, 0.25), a], dim=1)
-    t = fp.encode(p)
-    torch.testing.assert_close(t[:, :4], std.encode(p))
-    raw = torch.cat([torch.zeros(4, 1), t], dim=1)
-    pair = fp.focus_pair(raw)  # in waves: (f cos 2a, f sin 2a)
-    torch.testing.assert_close(pair, torch.stack([f * torch.cos(2 * a), f * torch.sin(2 * a)], 1))
-    # projected on a lens at 45 deg: +f on one side of focus, -f on the other, 0 at focus
-    torch.testing.assert_close(pair[:3, 1], torch.tensor([0.0, 0.4, -0.4]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(fp.decode(raw)[1], std.decode(raw[:, :5])[1])
-    with pytest.raises(ValueError, match="need zernike3"):
-        get_codec("zernike1", "focus-pair")
-    with pytest.raises(ValueError, match="unknown targets"):
-        get_codec("zernike3", "signed")
-    with pytest.raises(ValueError, match="no focus pair"):
-        std.focus_pair(raw[:, :5])
-    with pytest.raises(ValueError, match="shape"):
-        fp.focus_pair(raw[:, :5])
-
-
 def test_codec_axis_wraps_and_clips() -> None:
     codec = get_codec("zernike3")
     # axis just below pi and just above 0 are neighbours in target space
@@ -156,15 +132,12 @@ def test_normalize_patches_inplace_and_nonfinite() -> None:
     assert torch.allclose(z, normalize_patches(clean), atol=1e-6)
 
 
-CODECS = [(n, "standard") for n in sorted(PSF_MODELS)] + [("zernike3", "focus-pair")]
-
-
-@pytest.mark.parametrize(("name", "targets"), CODECS)
+@pytest.mark.parametrize("name", sorted(PSF_MODELS))
 @pytest.mark.parametrize(
     ("rotations", "transpose"), [(1, False), (2, False), (0, True), (3, True)]
 )
 def test_undo_dihedral_matches_the_transformed_psf(
-    name: str, targets: str, rotations: int, transpose: bool
+    name: str, rotations: int, transpose: bool
 ) -> None:
     """Find the parameters whose PSF is the rotated/transposed PSF (by physics), encode
     them as a perfect network would for the transformed patch, and check that
@@ -174,7 +147,7 @@ def test_undo_dihedral_matches_the_transformed_psf(
     from psf_live.psf import render_psf
 
     pm = get_model(name)
-    codec = get_codec(name, targets)
+    codec = get_codec(name)
     g = torch.Generator().manual_seed(3)
     lo = torch.tensor([r[0] for r in pm.ranges])
     hi = torch.tensor([r[1] for r in pm.ranges])

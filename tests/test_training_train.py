@@ -295,37 +295,3 @@ def test_train_with_data_made_on_the_gpu(tmp_path: Path) -> None:
     _, card = load_model(out.with_suffix(".pt"))
     assert card.training["steps"] == 4 and card.training["amp"]
     assert card.data_recipe["data_device"].startswith("cuda")
-
-
-def test_train_focus_pair_targets_extend_a_standard_zernike3(tmp_path: Path) -> None:
-    """--targets focus-pair adds the signed-focus pair to a zernike3 net: a fine-tune from
-    a standard net keeps its output rows, the card and the estimator carry the pair, and
-    the evaluation scores its standard heads."""
-    import numpy as np
-
-    from psf_live.estimate import Estimator
-    from training.data import PatchStream
-    from training.evaluate import predict, score, standard_heads
-
-    base = [*FAST, "--val-every", "2", "--lr-search-steps", "1"]
-    z3 = ["--psf-model", "zernike3", "--steps", "2"]
-    assert main([*z3, "--out", str(tmp_path / "a"), *base]) == 0
-    a, _ = load_model(tmp_path / "a.pt")
-    args = [*z3[:2], "--steps", "1", "--lr", "1e-12", "--targets", "focus-pair"]
-    assert (
-        main([*args, "--init", str(tmp_path / "a.pt"), "--out", str(tmp_path / "b"), *base]) == 0
-    )
-    b, card = load_model(tmp_path / "b.pt")
-    assert (card.targets, card.n_outputs) == ("focus-pair", 7)
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
-        assert torch.allclose(pa, pb[: len(pa)], atol=1e-6), name  # output rows 0-4 kept
-    assert "focus_s" in card.metrics["r2_per_param"]
-    m = Estimator(b, card, "cpu", tta=2).map(np.random.default_rng(0).random((256, 256)))
-    assert m.focus_pair is not None and m.focus_pair.shape == (3, 3, 2)
-    assert m.view_focus_pair is not None and m.view_focus_pair.shape == (3, 3, 2, 2)
-    assert "focus_pair" in m.to_npz_dict()
-    batches = [PatchStream("zernike3", "test", 0, bank_size=8, pool=8).next(8)]
-    r = predict(standard_heads(b, card), "zernike3", batches)
-    assert r["pred"].shape == (8, 3) and "validity_acc" in score("zernike3", r)
-    with pytest.raises(SystemExit, match="needs --psf-model zernike3"):
-        main(["--psf-model", "zernike1", *args[2:], "--out", str(tmp_path / "c"), *base])

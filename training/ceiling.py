@@ -53,7 +53,6 @@ from .evaluate import (
     _stream,
     card_ranges,
     predict,
-    standard_heads,
     sweep_config,
 )
 from .metrics import axis_period, r2_report
@@ -325,8 +324,7 @@ def setup(
     if a.threads:
         torch.set_num_threads(a.threads)
     BANK_SIZE[0] = a.bank_size
-    net, card = load_model(a.model)
-    return standard_heads(net, card), card
+    return load_model(a.model)
 
 
 def _draw(

@@ -77,30 +77,6 @@ def sweep_config(kind: str, s: float) -> tuple[DegradeConfig, float | None]:
 SWEEP = ("illumination", "nonuniform", "gaussian", "poisson", "mixed")
 
 
-class StandardHeads(torch.nn.Module):
-    """The standard targets' outputs of a network trained on more (``targets="focus-pair"``).
-
-    The tables score the model's public parameters, which the standard heads alone
-    give; this keeps every scorer here working on such a network.
-    """
-
-    def __init__(self, net: torch.nn.Module, psf_model: str) -> None:
-        super().__init__()
-        self.net = net
-        self.n = get_codec(psf_model).n_outputs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the first ``n_outputs`` of the standard codec."""
-        return self.net(x)[:, : self.n]
-
-
-def standard_heads(net: torch.nn.Module, card: Any) -> torch.nn.Module:
-    """Wrap ``net`` in :class:`StandardHeads` when its card has more than the standard targets."""
-    if getattr(card, "targets", "standard") == "standard":
-        return net
-    return StandardHeads(net, card.psf_model)
-
-
 class DihedralMean(torch.nn.Module):
     """A network whose output is averaged over the 8 symmetries of each patch."""
 
@@ -496,7 +472,6 @@ def main(argv: list[str] | None = None) -> int:
         if a.int8:
             net = load_int8(spec.strip(), net, card)
             card.name = f"{card.name}-int8"
-        net = standard_heads(net, card)
         pm = card.psf_model
         if a.tta:
             net = DihedralMean(net, pm)

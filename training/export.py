@@ -34,21 +34,20 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     ck = torch.load(a.ckpt, map_location="cpu", weights_only=False)
     pm = get_model(ck["psf_model"])
-    targets = str(ck.get("targets", "standard"))
-    codec = get_codec(pm.name, targets)
+    codec = get_codec(pm.name)
     net = build_net(ck["arch"], codec.n_outputs)
     net.load_state_dict(ck["best_state"] or ck["net"])
     net.eval()
     ts = PatchStream(
         pm.name, "test", a.seed, degrade=DegradeConfig(), bank_size=512, pool=256, refresh=0.25
     )
-    batches = [ts.next(64) for _ in range(a.test_batches)]
-    ev = evaluate_batches(net, pm.name, batches, torch.device("cpu"), targets)
+    ev = evaluate_batches(
+        net, pm.name, [ts.next(64) for _ in range(a.test_batches)], torch.device("cpu")
+    )
     card = ModelCard.for_psf_model(
         a.name or pm.name,
         pm.name,
         ck["arch"],
-        targets=targets,
         data_recipe={"degrade": DegradeConfig().to_dict(), "note": "see training/data.py"},
         metrics={
             "r2": ev["r2"]["r2"],

@@ -32,7 +32,7 @@ from psf_live.nets import (
 )
 
 from .data import DEFAULT_TYPES, DegradeConfig, PatchStream, PSFBank
-from .evaluate import card_ranges, predict, score, standard_heads
+from .evaluate import card_ranges, predict, score
 from .metrics import axis_period
 
 
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         net, (val.next(bs).x for _ in range(a.calib_batches)), modules, card.patch_size
     )
     batches = [test.next(bs) for _ in range(a.test_batches)]
-    r32 = predict(standard_heads(net, card), card.psf_model, batches)
-    r8 = predict(standard_heads(qnet, card), card.psf_model, batches)
+    r32 = predict(net, card.psf_model, batches)
+    r8 = predict(qnet, card.psf_model, batches)
     s32, s8 = score(card.psf_model, r32), score(card.psf_model, r8)
     keep = (r32["inv"] == 0) & (r32["w"] > 0)
     diff = (r8["pred"] - r32["pred"])[keep]
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         + f"; validity decisions changed: {flips}"
     )
     with torch.inference_mode():  # what the estimator checks a rebuilt int8 net against
-        vp, pp = get_codec(card.psf_model, card.targets).decode(
+        vp, pp = get_codec(card.psf_model).decode(
             qnet(normalize_patches(probe_patches(card.patch_size))).float()
         )
     info = {

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from psf_live.models import ModelCard, load_model, save_model
-from psf_live.nets import ARCHS, TARGET_SETS, build_net, get_codec
+from psf_live.nets import ARCHS, build_net, get_codec
 from psf_live.psf import get_model
 
 from .data import (
@@ -56,7 +56,7 @@ from .data import (
     draw_ranges,
 )
 from .grow import deepen
-from .metrics import r2_report, r2_score
+from .metrics import r2_report
 
 GROWABLE = {("spectral", "spectral-deep")}
 """(trained arch, deeper arch) pairs ``--init`` grows (:func:`training.grow.deepen`)."""
@@ -108,27 +108,17 @@ def _collate(b: Any) -> Any:
 
 @torch.no_grad()
 def evaluate_batches(
-    net: torch.nn.Module,
-    psf_model: str,
-    batches: list[Batch],
-    device: torch.device,
-    targets: str = "standard",
+    net: torch.nn.Module, psf_model: str, batches: list[Batch], device: torch.device
 ) -> dict[str, Any]:
-    """Loss, R^2 report (valid, weighted patches) and validity accuracy over batches.
-
-    With ``targets="focus-pair"`` the report adds ``focus_c`` / ``focus_s``, the R^2 of
-    the focus-weighted pair (:class:`psf_live.nets.OutputCodec`).
-    """
-    codec = get_codec(psf_model, targets)
+    """Loss, R^2 report (valid, weighted patches) and validity accuracy over batches."""
+    codec = get_codec(psf_model)
     net.eval()
-    preds, trues, probs, invs, ws, losses, pairs = [], [], [], [], [], [], []
+    preds, trues, probs, invs, ws, losses = [], [], [], [], [], []
     for b in batches:
         raw = net(b.x.to(device)).float()
         loss, _ = loss_fn(raw, codec.encode(b.params).to(device), b)
         losses.append(float(loss))
         prob, p = codec.decode(raw.cpu())
-        if targets == "focus-pair":
-            pairs.append(codec.focus_pair(raw.cpu()))
         preds.append(p)
         trues.append(b.params)
         probs.append(prob)
@@ -138,11 +128,6 @@ def evaluate_batches(
     prob, inv, w = torch.cat(probs), torch.cat(invs), torch.cat(ws)
     keep = (inv == 0) & (w > 0)
     rep = r2_report(psf_model, pred[keep], true[keep])
-    if pairs:
-        f, a = true[keep][:, 0], true[keep][:, -1]
-        pair = torch.cat(pairs)[keep]
-        rep["focus_c"] = r2_score(pair[:, 0], f * torch.cos(2 * a))
-        rep["focus_s"] = r2_score(pair[:, 1], f * torch.sin(2 * a))
     acc = float(((prob >= 0.5) == (inv == 0)).float().mean())
     net.train()
     return {"loss": sum(losses) / len(losses), "r2": rep, "validity_acc": acc}
@@ -250,14 +235,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "another PSF model, all but the output layer (transfer); a spectral model of the "
         "same PSF model grows into --arch spectral-deep (extra blocks start as identities)",
     )
-    p.add_argument(
-        "--targets",
-        default="standard",
-        choices=sorted(TARGET_SETS),
-        help="regression targets: 'focus-pair' (zernike3) adds the focus-weighted "
-        "astigmatism pair, whose projection on a cylindrical lens's axis is the signed "
-        "focus depth is read from",
-    )
     p.add_argument("--resume", action="store_true")
     p.add_argument("--device", default=None)
     p.add_argument(
@@ -332,9 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     out = out.with_suffix("") if out.suffix in (".pt", ".json") else out
     out.parent.mkdir(parents=True, exist_ok=True)
     pm = get_model(args.psf_model)
-    if args.targets != "standard" and pm.name != "zernike3":
-        raise SystemExit(f"--targets {args.targets} needs --psf-model zernike3")
-    codec = get_codec(pm.name, args.targets)
+    codec = get_codec(pm.name)
     degrade = DegradeConfig()
     train_seed = args.seed if args.train_seed is None else args.train_seed
     if args.noise == "strong":
@@ -404,14 +379,6 @@ def main(argv: list[str] | None = None) -> int:
             # same PSF model: every tensor; another one (transfer): all but the output layer
             own = net.state_dict()
             src = {k: v for k, v in init_net.state_dict().items() if v.shape == own[k].shape}
-            if init_card.psf_model == pm.name:
-                # more targets than the init (e.g. --targets focus-pair): its output rows
-                # are the first ones of ours; the added rows keep their fresh values
-                for k, v in init_net.state_dict().items():
-                    w = own[k]
-                    if k not in src and v.ndim == w.ndim and v.shape[1:] == w.shape[1:]:
-                        if v.shape[0] < w.shape[0]:
-                            src[k] = torch.cat([v, w[v.shape[0] :]])
             net.load_state_dict(src, strict=False)
             if main_rank and len(src) < len(own):
                 fresh = ", ".join(sorted(set(own) - set(src)))
@@ -477,9 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            v = 0.0
-            if main_rank:
-                v = evaluate_batches(net, pm.name, val, device, args.targets)["loss"]
+            v = evaluate_batches(net, pm.name, val, device)["loss"] if main_rank else 0.0
             lr_trials[f"{c:g}"] = v
             if v < best[0]:
                 best = (v, c)
@@ -561,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.val_every == 0 or done:
             flag = torch.zeros(1)
             if main_rank:
-                ev = evaluate_batches(net, pm.name, val, device, args.targets)
+                ev = evaluate_batches(net, pm.name, val, device)
                 history.append({"step": step, "val_loss": ev["loss"], "val_r2": ev["r2"]["r2"]})
                 assert writer is not None and log_f is not None
                 writer.writerow(
@@ -600,7 +565,6 @@ def main(argv: list[str] | None = None) -> int:
                         "history": history,
                         "arch": args.arch,
                         "psf_model": pm.name,
-                        "targets": args.targets,
                     },
                     ckpt_path,
                 )
@@ -622,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
             net.load_state_dict(best_state)
         ts = held_out("test", bank_size=min(args.bank_size, 1024), pool=512)
         test = [ts.next(args.batch_size) for _ in range(args.test_batches)]
-        ev = evaluate_batches(net, pm.name, test, device, args.targets)
+        ev = evaluate_batches(net, pm.name, test, device)
         recipe: dict[str, Any] = {
             "sources": stream_kw.get("types") or dict(DEFAULT_TYPES),
             "degrade": degrade.to_dict(),
@@ -649,7 +613,6 @@ def main(argv: list[str] | None = None) -> int:
             args.name or out.name,
             pm.name,
             args.arch,
-            targets=args.targets,
             data_recipe=recipe,
             metrics={
                 "r2": ev["r2"]["r2"],

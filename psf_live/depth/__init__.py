@@ -35,7 +35,6 @@ from ._metric import (
     dead_zone,
     depth_features,
     depth_metric,
-    pair_params,
     signed_focus,
 )
 from ._synthetic import synthetic_psf_map
@@ -79,7 +78,6 @@ __all__ = [
     "frame_depth",
     "map_depth",
     "metric_reach",
-    "pair_params",
     "parse_tilts",
     "robust_lstsq",
     "signed_focus",

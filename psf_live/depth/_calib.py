@@ -22,7 +22,6 @@ from ._metric import (
     dead_zone,
     depth_features,
     design_matrix,
-    pair_params,
 )
 
 __all__ = [
@@ -364,31 +363,10 @@ def _tta_views(meta: dict[str, Any]) -> int:
     return 8 if meta.get("tta") else 1
 
 
-def _focus_pair(psf_map: Any, name: str) -> np.ndarray | None:
-    """Return the map's ``focus_pair`` or ``view_focus_pair``, checked against its net.
-
-    A map from a focus-pair network must carry it: reading depth from the focus and
-    axis heads instead would not match a calibration made from the pair.
-    """
-    pair = getattr(psf_map, name, None)
-    meta = getattr(psf_map, "meta", {}) or {}
-    if pair is None and meta.get("targets") == "focus-pair" and name == "focus_pair":
-        raise CalibrationError(
-            f"the map of network {meta.get('name', '?')!r} lacks its focus pair "
-            "(maps saved before it was kept cannot give depth)"
-        )
-    return None if pair is None else np.asarray(pair, dtype=np.float64)
-
-
 def _map_parts(psf_map: Any) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], dict[str, Any]]:
-    """Parameters depth is read from (:func:`pair_params` for a focus-pair network)."""
     params = np.asarray(psf_map.params, dtype=np.float64)
-    names = tuple(psf_map.param_names)
-    pair = _focus_pair(psf_map, "focus_pair")
-    if pair is not None:
-        params = pair_params(params, names, pair)
     valid = np.asarray(psf_map.valid, dtype=bool)
-    return params, valid, names, dict(getattr(psf_map, "meta", {}) or {})
+    return params, valid, tuple(psf_map.param_names), dict(getattr(psf_map, "meta", {}) or {})
 
 
 def depth_map(psf_map: Any, calibration: DepthCalibration, *, limits: bool = True) -> np.ndarray:
@@ -504,11 +482,7 @@ def depth_spread(psf_map: Any, calibration: DepthCalibration) -> np.ndarray | No
     if views is None:
         return None
     v = np.asarray(views, dtype=np.float64)
-    names = tuple(psf_map.param_names)
-    pairs = _focus_pair(psf_map, "view_focus_pair")
-    if pairs is not None:
-        v = pair_params(v, names, pairs)
-    d = calibration.predict(v, names).astype(np.float64)
+    d = calibration.predict(v, tuple(psf_map.param_names)).astype(np.float64)
     valid = np.asarray(psf_map.valid, dtype=bool)
     return np.where(valid, d.std(axis=-1), np.nan).astype(np.float32)
 

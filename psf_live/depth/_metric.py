@@ -16,7 +16,6 @@ __all__ = [
     "depth_features",
     "depth_metric",
     "design_matrix",
-    "pair_params",
     "signed_focus",
 ]
 
@@ -105,44 +104,6 @@ def signed_focus(
     """
     f, a = _columns(params, names)
     return (f * np.cos(2.0 * (a - lens_axis))).astype(np.float32)
-
-
-def pair_params(
-    params: npt.ArrayLike, names: Sequence[str], focus_pair: npt.ArrayLike
-) -> np.ndarray:
-    """Parameters with focus and axis read from a focus-weighted pair ``(f cos 2a, f sin 2a)``.
-
-    A network trained with ``targets="focus-pair"`` regresses the pair directly
-    (:class:`psf_live.nets.OutputCodec`). With ``focus = |pair|`` and ``axis =
-    atan2(s, c) / 2``, :func:`signed_focus` becomes the pair's projection on the lens
-    direction, ``c cos 2 phi + s sin 2 phi``: linear in the network's outputs, so its
-    error near focus is as likely negative as positive, where the product of the focus
-    head (which cannot go below zero) and the axis head errs to one side.
-
-    Parameters
-    ----------
-    params : array_like
-        (..., N) PSF parameters with ``focus`` and ``axis``.
-    names : sequence of str
-        Parameter names.
-    focus_pair : array_like
-        (..., 2) pair in the unit of ``focus``.
-
-    Returns
-    -------
-    numpy.ndarray
-        (..., N) float64, a copy with the focus and axis columns replaced.
-    """
-    p = np.array(params, dtype=np.float64)
-    _columns(p, names)  # checks the names
-    pair = np.asarray(focus_pair, dtype=np.float64)
-    if pair.shape != (*p.shape[:-1], 2):
-        raise ValueError(f"focus pair of shape {pair.shape} does not match params {p.shape}")
-    names = tuple(names)
-    p[..., names.index("focus")] = np.hypot(pair[..., 0], pair[..., 1])
-    axis = 0.5 * np.arctan2(pair[..., 1], pair[..., 0])
-    p[..., names.index("axis")] = np.remainder(axis, math.pi)
-    return p
 
 
 def dead_zone(metric: npt.ArrayLike, width: float) -> np.ndarray:

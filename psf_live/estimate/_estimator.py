@@ -163,7 +163,7 @@ class Estimator:
         self.threshold = float(threshold)
         self.fill = fill
         self.k = int(k)
-        self.codec = get_codec(self.psf_model, str(getattr(card, "targets", "standard")))
+        self.codec = get_codec(self.psf_model)
         self._normalize = normalize_patches
         if precision == "int8" and self.device.type != "cpu":
             raise ValueError("precision='int8' runs on the CPU only")
@@ -536,14 +536,6 @@ class Estimator:
                 n = len(self.param_names)
                 vp_np = _to_numpy(vp).astype(np.float32).reshape(-1, rows, cols, n)
                 view_params = np.ascontiguousarray(vp_np.transpose(1, 2, 0, 3))
-            focus_pair = view_focus_pair = None
-            if self.codec.targets == "focus-pair":
-                fp = _to_numpy(self.codec.focus_pair(raw.float())).astype(np.float32)
-                focus_pair = fp.reshape(rows, cols, 2)
-                if views is not None:
-                    vf = self.codec.focus_pair(views.reshape(-1, views.shape[-1]))
-                    vf_np = _to_numpy(vf).astype(np.float32).reshape(-1, rows, cols, 2)
-                    view_focus_pair = np.ascontiguousarray(vf_np.transpose(1, 2, 0, 3))
         prob = _to_numpy(prob_t).astype(np.float32).reshape(rows, cols)
         raw_params = _to_numpy(params_t).astype(np.float32).reshape(rows, cols, -1)
         valid = prob >= self.threshold
@@ -568,8 +560,6 @@ class Estimator:
             meta=self.meta,
             raw_params=raw_params,
             view_params=view_params,
-            focus_pair=focus_pair,
-            view_focus_pair=view_focus_pair,
             filled=bool(fill),
             timings={"transfer": t1 - t0, "inference": t2 - t1, "post": t3 - t2},
         )

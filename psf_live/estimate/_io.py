@@ -48,15 +48,13 @@ def load_image(path: str | Path) -> np.ndarray:
 def maps_to_npz(maps: list[PSFMap], stack: bool) -> dict[str, Any]:
     """Arrays for ``numpy.savez``: params (rows, cols, N) or (T, rows, cols, N), etc.
 
-    Maps made with test-time augmentation add ``view_params`` ([T,] rows, cols, V, N);
-    those of a focus-pair network ``focus_pair`` ([T,] rows, cols, 2) and, with test-time
-    augmentation, ``view_focus_pair`` ([T,] rows, cols, V, 2).
+    Maps made with test-time augmentation add ``view_params`` ([T,] rows, cols, V, N).
     """
     first = maps[0].to_npz_dict()
     if not stack:
         return first
     out: dict[str, Any] = dict(first)
-    for key in ("params", "valid", "valid_prob", "view_params", "focus_pair", "view_focus_pair"):
+    for key in ("params", "valid", "valid_prob", "view_params"):
         if key in first:
             out[key] = np.stack([m.to_npz_dict()[key] for m in maps])
     return out

@@ -49,13 +49,6 @@ class PSFMap:
         of the V (8, 4 or 2) rotated/transposed views of every patch (mapped back to
         the frame, the patch itself first); ``params`` is decoded from their mean raw
         output. None without it.
-    focus_pair : numpy.ndarray or None
-        (rows, cols, 2) float32, ``(f cos 2a, f sin 2a)`` in the focus unit, from a
-        network trained with ``targets="focus-pair"`` (zernike3; see
-        :class:`psf_live.nets.OutputCodec`), else None. Depth reads the signed focus
-        from it (:func:`psf_live.depth.pair_params`).
-    view_focus_pair : numpy.ndarray or None
-        (rows, cols, V, 2) float32: the focus pair of each TTA view, as ``view_params``.
     filled : bool
         Whether invalid patches were filled.
     timings : dict
@@ -80,8 +73,6 @@ class PSFMap:
     meta: dict[str, Any] = field(default_factory=dict)
     raw_params: np.ndarray | None = None
     view_params: np.ndarray | None = None
-    focus_pair: np.ndarray | None = None
-    view_focus_pair: np.ndarray | None = None
     filled: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     summary: Any = None
@@ -109,9 +100,7 @@ class PSFMap:
     def to_npz_dict(self) -> dict[str, np.ndarray]:
         """Arrays for ``numpy.savez``: params, names, units, valid, valid_prob, centres.
 
-        With test-time augmentation also ``view_params`` (rows, cols, V, N); from a
-        focus-pair network also ``focus_pair`` (rows, cols, 2) and, with test-time
-        augmentation, ``view_focus_pair`` (rows, cols, V, 2).
+        With test-time augmentation also ``view_params`` (rows, cols, V, N).
         """
         out = {
             "params": self.params,
@@ -124,10 +113,6 @@ class PSFMap:
         }
         if self.view_params is not None:
             out["view_params"] = self.view_params
-        if self.focus_pair is not None:
-            out["focus_pair"] = self.focus_pair
-        if self.view_focus_pair is not None:
-            out["view_focus_pair"] = self.view_focus_pair
         return out
 
 

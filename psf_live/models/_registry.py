@@ -51,9 +51,6 @@ class ModelCard:
         Architecture passed to :func:`psf_live.nets.build_net`.
     n_outputs : int
         1 validity logit + internal targets (:class:`psf_live.nets.OutputCodec`).
-    targets : str
-        Regression target set (:data:`psf_live.nets.TARGET_SETS`): ``standard``, or
-        ``focus-pair`` for a zernike3 network that also regresses the signed focus pair.
     patch_size : int
         Patch side in pixels (128).
     optics : dict
@@ -79,7 +76,6 @@ class ModelCard:
     ranges: list[list[float]]
     arch: str
     n_outputs: int
-    targets: str = "standard"
     patch_size: int = 128
     optics: dict[str, Any] = field(default_factory=dict)
     normalization: str = "per-patch zero mean / unit std (psf_live.nets.normalize_patches)"
@@ -106,13 +102,12 @@ class ModelCard:
         arch : str
             Architecture passed to :func:`psf_live.nets.build_net`.
         **extra
-            Other card fields (``targets``, ``data_recipe``, ``metrics``, ``training``...).
+            Other card fields (``data_recipe``, ``metrics``, ``training``...).
         """
         from psf_live.nets import get_codec
         from psf_live.psf import Optics, get_model
 
         pm = get_model(psf_model)
-        targets = str(extra.pop("targets", "standard"))
         return cls(
             name=name,
             psf_model=pm.name,
@@ -120,8 +115,7 @@ class ModelCard:
             units=list(pm.units),
             ranges=[list(r) for r in pm.ranges],
             arch=arch,
-            n_outputs=get_codec(pm.name, targets).n_outputs,
-            targets=targets,
+            n_outputs=get_codec(pm.name).n_outputs,
             optics=Optics().to_dict(),
             **extra,
         )
@@ -255,15 +249,12 @@ def load_model(
     except Exception as e:
         raise ModelLoadError(f"{pt}: corrupt weights file ({type(e).__name__})") from None
     try:
-        codec = get_codec(card.psf_model, card.targets)
+        codec = get_codec(card.psf_model)
     except (KeyError, ValueError) as e:
-        raise ModelLoadError(
-            f"{js}: unknown PSF model {card.psf_model!r} or targets {card.targets!r} ({e})"
-        ) from None
+        raise ModelLoadError(f"{js}: unknown PSF model {card.psf_model!r} ({e})") from None
     if codec.n_outputs != card.n_outputs:
         raise ModelLoadError(
-            f"{js}: card has n_outputs={card.n_outputs}, {card.psf_model} "
-            f"({card.targets} targets) needs {codec.n_outputs}"
+            f"{js}: card has n_outputs={card.n_outputs}, {card.psf_model} needs {codec.n_outputs}"
         )
     try:
         net = build_net(card.arch, card.n_outputs)

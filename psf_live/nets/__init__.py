@@ -1,14 +1,7 @@
 """Patch-regression networks, per-patch normalisation and output codecs."""
 
 from ._arch import ARCHS, LogPowerSpectrum, SlimResNet, SpectralNet, build_net
-from ._codec import (
-    TARGET_SETS,
-    TTA_VIEWS,
-    OutputCodec,
-    dihedral_mean,
-    dihedral_views,
-    get_codec,
-)
+from ._codec import TTA_VIEWS, OutputCodec, dihedral_mean, dihedral_views, get_codec
 from ._normalize import normalize_patches
 from ._quant import (
     INT8_FLOAT_MODULES,
@@ -21,7 +14,6 @@ from ._quant import (
 __all__ = [
     "ARCHS",
     "INT8_FLOAT_MODULES",
-    "TARGET_SETS",
     "TTA_VIEWS",
     "LogPowerSpectrum",
     "OutputCodec",

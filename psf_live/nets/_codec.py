@@ -9,20 +9,7 @@ import torch
 
 from psf_live.psf import get_model
 
-__all__ = [
-    "TARGET_SETS",
-    "TTA_VIEWS",
-    "OutputCodec",
-    "dihedral_mean",
-    "dihedral_views",
-    "get_codec",
-]
-
-TARGET_SETS: dict[str, str] = {
-    "standard": "the model's targets (below)",
-    "focus-pair": "zernike3 only: the standard targets plus (f cos 2a, f sin 2a) / f_max",
-}
-"""Regression target sets a network can be trained on (the card's ``targets``)."""
+__all__ = ["TTA_VIEWS", "OutputCodec", "dihedral_mean", "dihedral_views", "get_codec"]
 
 
 class OutputCodec:
@@ -41,31 +28,15 @@ class OutputCodec:
     - zernike2 (C, a, no focus): the PSF only defines the axis modulo pi/2, so the
       signed pair is ``(C cos 4a, C sin 4a)`` and the decoded axis lies in [0, pi/2).
 
-    With ``targets="focus-pair"`` (zernike3) two more targets follow: the *focus*-weighted
-    pair ``(f cos 2a, f sin 2a) / f_max``. Projected on a cylindrical lens's direction it
-    is the signed focus ``f cos 2 (a - lens axis)`` that depth is read from
-    (:func:`psf_live.depth.signed_focus`), regressed directly instead of multiplied
-    together from the focus and axis heads: it passes through zero at focus (the focus
-    head cannot go below zero, so its error near focus is one-sided), and it transforms
-    under flips and quarter turns like the cylinder pair. :meth:`decode` ignores it (the
-    parameters come from the standard heads); :meth:`focus_pair` reads it.
-
     Parameters
     ----------
     psf_model : str
         Name of a model in :data:`psf_live.psf.PSF_MODELS`.
-    targets : str
-        A key of :data:`TARGET_SETS`.
     """
 
-    def __init__(self, psf_model: str, targets: str = "standard") -> None:
+    def __init__(self, psf_model: str) -> None:
         self.model = get_model(psf_model)
         self.psf_model = self.model.name
-        if targets not in TARGET_SETS:
-            raise ValueError(f"unknown targets {targets!r}; known: {', '.join(TARGET_SETS)}")
-        if targets == "focus-pair" and self.psf_model != "zernike3":
-            raise ValueError(f"targets 'focus-pair' need zernike3, not {self.psf_model}")
-        self.targets = targets
         self.param_names = self.model.param_names
         lo = torch.tensor([r[0] for r in self.model.ranges], dtype=torch.float32)
         hi = torch.tensor([r[1] for r in self.model.ranges], dtype=torch.float32)
@@ -80,9 +51,6 @@ class OutputCodec:
         else:
             self._harm = 0
             self.n_targets = self.model.n_params
-        self._std_targets = self.n_targets
-        if targets == "focus-pair":
-            self.n_targets += 2
         self.n_outputs = 1 + self.n_targets
 
     def _range(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,9 +77,6 @@ class OutputCodec:
             cols.append(((p[:, 0] - lo[0]) / (hi[0] - lo[0]))[:, None])
         cols.append(c[:, None])
         cols.append(pair)
-        if self.targets == "focus-pair":
-            f = p[:, 0] / hi[0]
-            cols.append(torch.stack([f * torch.cos(2 * axis), f * torch.sin(2 * axis)], dim=1))
         return torch.cat(cols, dim=1)
 
     def decode(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +87,7 @@ class OutputCodec:
                 f"expected raw outputs of shape (B, {self.n_outputs}), got {tuple(r.shape)}"
             )
         valid = torch.sigmoid(-r[:, 0])
-        t = r[:, 1 : 1 + self._std_targets]
+        t = r[:, 1:]
         lo, hi = self._range(r)
         if self._harm == 0:
             p = lo + t * (hi - lo)
@@ -139,28 +104,6 @@ class OutputCodec:
             p = torch.cat(cols, dim=1)
         p = torch.maximum(torch.minimum(p, hi), lo)
         return valid, p
-
-    def focus_pair(self, raw: torch.Tensor) -> torch.Tensor:
-        """Focus-weighted astigmatism pair ``(f cos 2a, f sin 2a)`` in focus units.
-
-        Parameters
-        ----------
-        raw : torch.Tensor
-            (B, 1 + T) outputs of a ``targets="focus-pair"`` network.
-
-        Returns
-        -------
-        torch.Tensor
-            (B, 2) float32, not clipped (its projection on a lens axis is signed).
-        """
-        if self.targets != "focus-pair":
-            raise ValueError(f"a {self.targets!r} codec has no focus pair")
-        r = raw.float()
-        if r.ndim != 2 or r.shape[1] != self.n_outputs:
-            raise ValueError(
-                f"expected raw outputs of shape (B, {self.n_outputs}), got {tuple(r.shape)}"
-            )
-        return r[:, -2:] * self._range(r)[1][0]
 
     def undo_dihedral(self, raw: torch.Tensor, rotations: int, transpose: bool) -> torch.Tensor:
         """Map raw outputs of transformed patches back to the untransformed patches.
@@ -194,13 +137,11 @@ class OutputCodec:
         odd = rotations % 2 == 1
         if self._harm:
             ic = 2 if self.psf_model == "zernike3" else 1  # C column; the pair follows
-            pairs = [ic + 1] + ([ic + 3] if self.targets == "focus-pair" else [])
-            for j in pairs:  # the cylinder pair and the focus pair alike
-                if self._harm == 2 and odd:  # 2a + pi: both components change sign
-                    r[:, j : j + 2] = -r[:, j : j + 2]
-                if transpose:  # 2a -> pi - 2a flips the cosine; 4a -> 2 pi - 4a the sine
-                    col = j if self._harm == 2 else j + 1
-                    r[:, col] = -r[:, col]
+            if self._harm == 2 and odd:  # 2a + pi: both components change sign
+                r[:, ic + 1 : ic + 3] = -r[:, ic + 1 : ic + 3]
+            if transpose:  # 2a -> pi - 2a flips the cosine; 4a -> 2 pi - 4a the sine
+                col = ic + 1 if self._harm == 2 else ic + 2
+                r[:, col] = -r[:, col]
         elif self.psf_model == "gaussian2" and odd != transpose:
             r[:, 1:3] = raw[:, [2, 1]]
         return r
@@ -270,12 +211,12 @@ def dihedral_mean(
     return dihedral_views(forward, x, codec).mean(0)
 
 
-_CACHE: dict[tuple[str, str], OutputCodec] = {}
+_CACHE: dict[str, OutputCodec] = {}
 
 
-def get_codec(psf_model: str, targets: str = "standard") -> OutputCodec:
-    """Return the :class:`OutputCodec` of PSF model ``psf_model`` and target set ``targets``."""
-    key = (get_model(psf_model).name, targets)
-    if key not in _CACHE:
-        _CACHE[key] = OutputCodec(*key)
-    return _CACHE[key]
+def get_codec(psf_model: str) -> OutputCodec:
+    """Return the :class:`OutputCodec` of PSF model ``psf_model``."""
+    name = get_model(psf_model).name
+    if name not in _CACHE:
+        _CACHE[name] = OutputCodec(name)
+    return _CACHE[name]
