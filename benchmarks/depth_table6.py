@@ -519,7 +519,11 @@ def main() -> int:
             f"{relc:.2f} %, {cov:.0f} % kept); est./true tilt {tl:.2f}; "
             f"dead zone {c.deadzone:.3f}"
         )
-    cal = cals[f"{args.features} {args.fit}"]
+    chosen = f"{args.features} {args.fit}"
+    if chosen not in cals:  # e.g. a network trained for another lens axis: the reason is above
+        print(f"error: the {chosen} calibration was refused", file=sys.stderr)
+        return 2
+    cal = cals[chosen]
     print(f"\nusing {args.features}, {args.fit} fit: {FEATURE_SETS[args.features]}")
     coefs = ", ".join(f"{c:.4g}" for c in cal.coef)
     print(
