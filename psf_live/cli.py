@@ -81,6 +81,20 @@ def _load_frames(path: str) -> tuple[Any, bool]:
     return frames, data.ndim == 3
 
 
+def _ranges(indices: list[int]) -> str:
+    """Compact list of sorted frame indices: ``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    parts: list[str] = []
+    start = prev = indices[0]
+    for i in [*indices[1:], None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    return ", ".join(parts)
+
+
 def _has_display() -> bool:
     """Tell whether a Qt window can be shown (a display and a Qt binding)."""
     import importlib.util
@@ -185,6 +199,7 @@ def estimate(
 
     import numpy as np
 
+    from psf_live._atomic import atomic_output
     from psf_live.estimate import Estimator
     from psf_live.estimate._io import maps_to_npz, summaries_json
 
@@ -193,12 +208,31 @@ def estimate(
         est = Estimator.load(model, stride=stride, tta=tta)
     except Exception as exc:
         raise fail(f"cannot load model {model or 'default'!r}: {exc}") from None
-    maps = [est.map(f) for f in frames]
-    np.savez(output, **maps_to_npz(maps, stack=is_stack))
+    from tqdm import tqdm
+
+    bar = tqdm(frames, desc="map", unit="frame", disable=len(frames) < 2)
+    maps = [est.map(f) for f in bar]
+    if not output.endswith(".npz"):  # as numpy.savez names it
+        output += ".npz"
+    with atomic_output(output) as tmp:
+        np.savez(tmp, **maps_to_npz(maps, stack=is_stack))
     if json_:
         typer.echo(json.dumps(summaries_json(maps, image, str(est.meta.get("name", model)))))
     else:
-        typer.echo(f"{image}: {len(maps)} frame(s), grid {maps[0].shape} -> {output}")
+        n_valid = sum(int(np.count_nonzero(m.valid)) for m in maps)
+        n_all = sum(int(np.size(m.valid)) for m in maps)
+        typer.echo(
+            f"{image}: {len(maps)} frame(s), grid {maps[0].shape}, valid patches "
+            f"{n_valid}/{n_all} -> {output}"
+        )
+    blank = [t for t, m in enumerate(maps) if not np.any(m.valid)]
+    if blank:
+        which = "every frame" if len(blank) == len(maps) else f"frame(s) {_ranges(blank)}"
+        typer.echo(
+            f"warning: no valid patch in {which} (blank, flat or textureless, or too noisy: "
+            "nothing there shows the PSF)",
+            err=True,
+        )
 
 
 @app.command()
@@ -502,8 +536,11 @@ def depth_cmd(
         typer.echo(f"frame {t}: {plane}; {fd.line()}")
     import tifffile
 
+    from psf_live._atomic import atomic_output
+
     arr = np.stack(out).astype(np.float32)
-    tifffile.imwrite(output, arr if is_stack else arr[0], photometric="minisblack")
+    with atomic_output(output) as tmp:
+        tifffile.imwrite(tmp, arr if is_stack else arr[0], photometric="minisblack")
     typer.echo(f"{image}: {len(out)} depth map(s) {arr.shape[1:]} um -> {output}")
 
 

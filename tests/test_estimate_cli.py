@@ -116,3 +116,34 @@ def test_estimate_tta(tmp_path: Path, model_path: Path, rng: np.random.Generator
                 assert z["view_params"].shape == (*z["params"].shape[:2], 8, 3)
     assert outs[True].shape == outs[False].shape
     assert not np.allclose(outs[True], outs[False])
+
+
+def test_estimate_colour_image(tmp_path: Path, model_path: Path) -> None:
+    """An RGB TIFF is refused with a message that says so, not as a stack 3 px wide."""
+    tif = tmp_path / "rgb.tif"
+    tifffile.imwrite(tif, np.zeros((256, 256, 3), np.uint8), photometric="rgb")
+    r = runner.invoke(app, ["estimate", str(tif), "-m", str(model_path), "-o", "x.npz"])
+    assert r.exit_code != 0
+    err = r.stderr.strip()
+    assert err.startswith("error:") and "colour image" in err and "\n" not in err
+
+
+def test_estimate_reports_blank_frames(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Valid patches are counted, frames without any are named; the .npz suffix is added."""
+    tif = tmp_path / "stack.tif"
+    from scipy.ndimage import gaussian_filter
+
+    texture = gaussian_filter(rng.random((256, 256)), 1.5)  # blurred texture: PSF readable
+    textured = (1000 + 3000 * (texture - texture.min()) / np.ptp(texture)).astype(np.uint16)
+    blank = np.zeros_like(textured)
+    tifffile.imwrite(tif, np.stack([textured, blank, blank]), photometric="minisblack")
+    out = tmp_path / "map"  # numpy.savez's naming: map.npz
+    r = runner.invoke(app, ["estimate", str(tif), "-s", "128", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "map.npz") as z:
+        valid = z["valid"]
+    assert valid.shape == (3, 2, 2) and not valid[1:].any()  # the shipped net: blank = invalid
+    n = int(valid.sum())
+    assert f"valid patches {n}/12 -> {out}.npz" in r.stdout
+    assert "warning: no valid patch in frame(s) 1-2" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.npz", "stack.tif"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from .._atomic import atomic_output
 from ..psf import TiltAxis, plane_depth, tilt_direction
 from ._metric import (
     DEFAULT_LENS_AXIS,
@@ -331,9 +331,8 @@ class DepthCalibration:
     def save(self, path: str | Path) -> Path:
         """Write the calibration as JSON, atomically (no half-written file); return the path."""
         p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, p)
+        with atomic_output(p) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return p
 
     @classmethod

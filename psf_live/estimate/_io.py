@@ -20,7 +20,8 @@ def load_image(path: str | Path) -> np.ndarray:
     Raises
     ------
     ValueError
-        Missing or unreadable file, or data that is neither 2D nor 3D.
+        Missing or unreadable file, a colour (H, W, 3 or 4) image, or data that is
+        neither 2D nor 3D.
     """
     p = Path(path)
     if not p.is_file():
@@ -37,6 +38,13 @@ def load_image(path: str | Path) -> np.ndarray:
     data = np.asarray(data)
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
+    if data.ndim == 3 and data.shape[-1] in (3, 4) and min(data.shape[:2]) > 4:
+        # (H, W, 3|4): the samples of a colour (RGB/RGBA) image, not a stack of frames
+        # 3 or 4 pixels wide; the PSF is read from one channel of a wide-field camera
+        raise ValueError(
+            f"{p}: a colour image of shape {data.shape}; psf-live reads one channel (the "
+            "camera's grey levels): save the channel you imaged as a grey-level TIFF"
+        )
     if data.ndim not in (2, 3):
         raise ValueError(
             f"{p}: expected a 2D image or a (T, H, W) stack, got {data.ndim}D data "

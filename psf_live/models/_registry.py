@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .._atomic import atomic_output
+
 __all__ = [
     "DEFAULT_MODEL",
     "ModelCard",
@@ -155,9 +157,8 @@ def _read_card(js: Path) -> ModelCard:
 
 
 def _write_card(card: ModelCard, js: Path) -> None:
-    tmp = js.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
-    tmp.replace(js)
+    with atomic_output(js) as tmp:
+        tmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
 
 
 def save_model(net: torch.nn.Module, card: ModelCard, path: str | Path) -> Path:
@@ -182,9 +183,8 @@ def save_model(net: torch.nn.Module, card: ModelCard, path: str | Path) -> Path:
     module = getattr(net, "module", net)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     pt = stem.with_suffix(".pt")
-    tmp = pt.with_suffix(".pt.tmp")
-    torch.save(state, tmp)
-    tmp.replace(pt)
+    with atomic_output(pt) as tmp:
+        torch.save(state, tmp)
     card.sha256 = _sha256(pt)
     _write_card(card, stem.with_suffix(".json"))
     return pt
@@ -302,9 +302,8 @@ def save_int8(qnet: torch.nn.Module, name_or_path: str | Path, info: dict[str, A
     js = pt.with_suffix(".json")
     card = _read_card(js)
     q = int8_path(pt)
-    tmp = q.with_suffix(".pt.tmp")
-    torch.save(qnet.state_dict(), tmp)
-    tmp.replace(q)
+    with atomic_output(q) as tmp:
+        torch.save(qnet.state_dict(), tmp)
     card.int8 = {"file": q.name, "sha256": _sha256(q), "weights_sha256": card.sha256, **info}
     _write_card(card, js)
     return q

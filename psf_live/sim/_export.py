@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_output
 from ..psf import TILT_AXES
 from ._microscope import SimMicroscope, SimSettings
 from ._scene import DEFAULT_CYLINDER_WAVES, Scene
@@ -94,13 +95,15 @@ def simulate_to_tiff(
     }
     res = (1.0 / px, 1.0 / px)
     ij = {"unit": "um", "Info": json.dumps(info)}
-    tifffile.imwrite(out, frame, imagej=True, resolution=res, metadata=ij)
+    with atomic_output(out) as tmp:
+        tifffile.imwrite(tmp, frame, imagej=True, resolution=res, metadata=ij)
     depth_path = out.with_name(out.stem + "_depth" + out.suffix)
-    tifffile.imwrite(
-        depth_path,
-        np.ascontiguousarray(depth, dtype=np.float32),
-        imagej=True,
-        resolution=res,
-        metadata={"unit": "um", "Info": json.dumps({**info, "content": "depth_um"})},
-    )
+    with atomic_output(depth_path) as tmp:
+        tifffile.imwrite(
+            tmp,
+            np.ascontiguousarray(depth, dtype=np.float32),
+            imagej=True,
+            resolution=res,
+            metadata={"unit": "um", "Info": json.dumps({**info, "content": "depth_um"})},
+        )
     return out, depth_path

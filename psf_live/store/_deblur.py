@@ -324,7 +324,10 @@ def deblur_file(
     if writer is None:
         import tifffile
 
-        tifffile.imwrite(out, np.stack(results) if data.ndim == 3 else results[0])
+        from .._atomic import atomic_output
+
+        with atomic_output(out) as tmp:
+            tifffile.imwrite(tmp, np.stack(results) if data.ndim == 3 else results[0])
     first = maps[0]
     return {
         "frames": len(frames),
