@@ -41,6 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from psf_live._atomic import atomic_output
 from psf_live.models import ModelCard, load_model, save_model
 from psf_live.nets import ARCHS, build_net, get_codec
 from psf_live.psf import get_model
@@ -551,23 +552,24 @@ def main(argv: list[str] | None = None) -> int:
                     best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
                 else:
                     bad += 1
-                torch.save(
-                    {
-                        "net": net.state_dict(),
-                        "opt": opt.state_dict(),
-                        "step": step,
-                        "elapsed": elapsed,
-                        "best_val": best_val,
-                        "best_state": best_state,
-                        "lr": lr,
-                        "lr_trials": lr_trials,
-                        "init": args.init,
-                        "history": history,
-                        "arch": args.arch,
-                        "psf_model": pm.name,
-                    },
-                    ckpt_path,
-                )
+                with atomic_output(ckpt_path) as tmp:  # a checkpoint is never half-written
+                    torch.save(
+                        {
+                            "net": net.state_dict(),
+                            "opt": opt.state_dict(),
+                            "step": step,
+                            "elapsed": elapsed,
+                            "best_val": best_val,
+                            "best_state": best_state,
+                            "lr": lr,
+                            "lr_trials": lr_trials,
+                            "init": args.init,
+                            "history": history,
+                            "arch": args.arch,
+                            "psf_model": pm.name,
+                        },
+                        tmp,
+                    )
                 if bad >= args.patience:
                     flag[0] = 1
                     bar.write("early stopping") if bar is not None else None
