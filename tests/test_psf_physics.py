@@ -377,3 +377,32 @@ def test_zernike_psf_equals_the_centred_fft_of_the_pupil() -> None:
     ref = win.reshape(2, size, os_, size, os_).sum(dim=(2, 4))
     ref = ref / ref.sum(dim=(-2, -1), keepdim=True)
     torch.testing.assert_close(zernike_psf(f, c, a, size).double(), ref, atol=1e-6, rtol=1e-4)
+
+
+def test_astigmatic_twins_blur_alike_and_fold_to_the_less_astigmatic() -> None:
+    """(f, C) and (C / sqrt 2, sqrt 2 f): the same |k+|, opposite k-, nearly the same PSF."""
+    from psf_live.psf import astigmatic_twin, canonical_twin
+
+    p = torch.tensor([[0.2, 0.1, 0.3], [0.1, 0.4, 1.2], [0.3, 0.2, 2.0], [0.6, 0.5, 0.1]])
+    t = astigmatic_twin(p)
+    kp = lambda q: 2 * math.sqrt(3) * q[:, 0] + math.sqrt(6) * q[:, 1]  # noqa: E731
+    km = lambda q: 2 * math.sqrt(3) * q[:, 0] - math.sqrt(6) * q[:, 1]  # noqa: E731
+    torch.testing.assert_close(kp(t), kp(p))
+    torch.testing.assert_close(km(t), -km(p))
+    torch.testing.assert_close(astigmatic_twin(t), p)
+    assert torch.equal(t[:, 2], p[:, 2])
+    # rendered: a twin 0.12-0.32 waves away blurs closer than a 0.05-wave focus step
+    step = p + torch.tensor([0.05, 0.0, 0.0])
+    k0, kt, ks = (zernike_psf(q[:, 0], q[:, 1], q[:, 2], 63) for q in (p, t, step))
+    d_twin = (kt - k0).flatten(1).norm(dim=1) / k0.flatten(1).norm(dim=1)
+    d_step = (ks - k0).flatten(1).norm(dim=1) / k0.flatten(1).norm(dim=1)
+    assert bool((d_twin[:3] < d_step[:3]).all()), (d_twin, d_step)
+    # canonical: k- >= 0, pure defocus kept, idempotent, inside zernike3's ranges
+    c = canonical_twin(p)
+    assert bool((km(c) >= -1e-6).all())
+    torch.testing.assert_close(c[0], p[0])  # already k- >= 0
+    torch.testing.assert_close(c[1], t[1])  # swapped
+    torch.testing.assert_close(canonical_twin(c), c)
+    grid = torch.cartesian_prod(torch.linspace(0, 1, 21), torch.linspace(0, 0.5, 21))
+    g = canonical_twin(torch.cat([grid, torch.zeros(len(grid), 1)], 1))
+    assert float(g[:, 0].max()) <= 1.0 and float(g[:, 1].max()) <= 0.5 + 1e-6

@@ -242,3 +242,26 @@ def test_gpu_stream_has_the_cpu_streams_sources_and_psfs(model: str) -> None:
     torch.testing.assert_close(fb.x.cpu(), fa.x, atol=1e-3, rtol=1e-3)
     noisy = PatchStream(model, "train", 7, device="cuda", **kw).next(32)  # type: ignore[arg-type]
     assert torch.isfinite(noisy.x).all() and not torch.allclose(noisy.x, b.x)
+
+
+def test_canonical_twin_labels_change_the_labels_not_the_blur() -> None:
+    """``twins="canonical"``: the same kernels, labelled with the less astigmatic twin."""
+    drawn = PSFBank("zernike3", size=64, seed=7)
+    canon = PSFBank("zernike3", size=64, seed=7, twins="canonical")
+    assert torch.equal(drawn.kernels, canon.kernels)
+    f, c = drawn.params[:, 0], drawn.params[:, 1]
+    swap = c > math.sqrt(2) * f
+    assert 0 < int(swap.sum()) < 64  # some labels swapped, not all
+    torch.testing.assert_close(canon.params[~swap], drawn.params[~swap])
+    torch.testing.assert_close(canon.params[swap, 0], c[swap] / math.sqrt(2))
+    torch.testing.assert_close(canon.params[swap, 1], f[swap] * math.sqrt(2))
+    # drawn patches (flipped, transposed) keep the convention and the axis
+    _, p = canon.draw(32, torch.Generator().manual_seed(1))
+    assert bool((p[:, 1] <= math.sqrt(2) * p[:, 0] + 1e-6).all())
+    torch.testing.assert_close(p[:, 2], drawn.draw(32, torch.Generator().manual_seed(1))[1][:, 2])
+    with pytest.raises(ValueError, match="for zernike3"):
+        PSFBank("zernike1", size=8, twins="canonical")
+    with pytest.raises(ValueError, match="twins must be one of"):
+        PSFBank("zernike3", size=8, twins="both")
+    with pytest.raises(ValueError, match="the bank's twins"):
+        PatchStream("zernike3", "val", 0, pool=8, bank=drawn, twins="canonical")

@@ -102,3 +102,19 @@ def test_validity_is_also_scored_clear_of_the_label_rule() -> None:
     # and Table III's run reports it
     rows = evaluate.eval_types(net, "zernike1", n_batches=1, seed=0, bs=16)
     assert {"mix_acc", "clear_acc", "edge_fraction"} <= set(rows["_validity"])
+
+
+def test_a_canonical_network_is_scored_against_canonical_labels(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = _tiny(tmp_path, {"twins": "canonical"})
+    assert evaluate.card_twins(models.load_model(path)[1]) == "canonical"
+    assert evaluate.card_twins(models.load_model(_tiny(tmp_path / "g", {}))[1]) == "as-drawn"
+    args = ["--model", str(path), "--batches", "1", "--batch-size", "8", "--bank-size", "16"]
+    try:
+        assert evaluate.main([*args, "--no-sweep", "--out", str(tmp_path / "e")]) == 0
+        assert "scored against canonical labels" in capsys.readouterr().out
+        p = evaluate._stream("zernike3", {"tex": 1.0}, 0, DegradeConfig(), 16).next(16).params
+        assert bool((p[:, 1] <= np.sqrt(2) * p[:, 0] + 1e-6).all())
+    finally:
+        evaluate.TWINS[0] = "as-drawn"  # module state shared with the other tests

@@ -295,3 +295,17 @@ def test_train_with_data_made_on_the_gpu(tmp_path: Path) -> None:
     _, card = load_model(out.with_suffix(".pt"))
     assert card.training["steps"] == 4 and card.training["amp"]
     assert card.data_recipe["data_device"].startswith("cuda")
+
+
+def test_train_twins_is_recorded_and_checked(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "t"
+    args = ["--psf-model", "zernike3", "--steps", "1", "--lr", "1e-3"]
+    assert main([*args, "--twins", "canonical", "--out", str(out), *FAST]) == 0
+    _, card = load_model(out.with_suffix(".pt"))
+    assert card.data_recipe["twins"] == "canonical"
+    assert main([*args, "--out", str(tmp_path / "d"), *FAST]) == 0
+    assert "twins" not in load_model(tmp_path / "d.pt")[1].data_recipe  # older cards alike
+    with pytest.raises(SystemExit):
+        main(["--psf-model", "gaussian1", "--steps", "1", "--twins", "canonical", "--out",
+              str(tmp_path / "g"), *FAST])  # fmt: skip
+    assert "--twins is a zernike3 option" in capsys.readouterr().err

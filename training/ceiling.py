@@ -47,11 +47,13 @@ from .data import DEFAULT_TYPES, PATCH, Batch, DegradeConfig, Truth, draw_ranges
 from .evaluate import (
     BANK_SIZE,
     SWEEP,
+    TWINS,
     DihedralMean,
     Ranges,
     _fmt_table,
     _stream,
     card_ranges,
+    card_twins,
     predict,
     sweep_config,
 )
@@ -324,7 +326,9 @@ def setup(
     if a.threads:
         torch.set_num_threads(a.threads)
     BANK_SIZE[0] = a.bank_size
-    return load_model(a.model)
+    net, card = load_model(a.model)
+    TWINS[0] = card_twins(card)  # the test labels in the network's convention
+    return net, card
 
 
 def _draw(

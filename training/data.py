@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from psf_live.nets import normalize_patches
-from psf_live.psf import Optics, get_model, irfft2, next_fast_len, render_psf
+from psf_live.psf import (
+    Optics,
+    canonical_twin,
+    get_model,
+    irfft2,
+    next_fast_len,
+    render_psf,
+)
 
 from .sources import SOURCE_TYPES, make_sources
 
@@ -59,6 +66,8 @@ PATCH = 128
 FLAT_STD = 0.02  # below: flat / textureless
 WHITE_LEVEL, WHITE_MIN = 0.1, 4  # fewer than 4 pixels above 0.1: black
 SMOOTH_DETAIL = 0.04  # fine-detail ratio below: already-smooth content (weight 0)
+TWIN_LABELS = ("as-drawn", "canonical")
+"""zernike3 label conventions of :class:`PSFBank` (``training.train --twins``)."""
 REFRESH = 0.1
 """Default of :attr:`PatchStream.refresh`: new source regions per batch, as a fraction of
 the batch size (every shipped model's training stream)."""
@@ -264,6 +273,10 @@ class PSFBank:
         Narrower draw intervals for some parameters (see :func:`draw_ranges`).
     overshoot : float
         Draw magnitudes beyond the range's top (see :func:`draw_ranges`).
+    twins : {"as-drawn", "canonical"}
+        zernike3 labels: the parameters the kernels were rendered with, or of each pair
+        of astigmatic twins (which blur cannot tell apart) the one with less astigmatism
+        (:func:`psf_live.psf.canonical_twin`); the kernels are the same.
     """
 
     def __init__(
@@ -274,6 +287,7 @@ class PSFBank:
         optics: Optics | None = None,
         param_ranges: Mapping[str, tuple[float, float]] | None = None,
         overshoot: float = 0.0,
+        twins: str = "as-drawn",
     ) -> None:
         self.model = get_model(psf_model)
         self.optics = optics or Optics()
@@ -284,6 +298,11 @@ class PSFBank:
         if overshoot < 0:
             raise ValueError(f"overshoot must be >= 0, got {overshoot}")
         self.overshoot = float(overshoot)
+        if twins not in TWIN_LABELS:
+            raise ValueError(f"twins must be one of {TWIN_LABELS}, got {twins!r}")
+        if twins != "as-drawn" and self.model.name != "zernike3":
+            raise ValueError(f"twins={twins!r} is for zernike3, not {self.model.name}")
+        self.twins = twins
         rng = draw_ranges(self.model.name, self.param_ranges, self.overshoot)
         self._lo = torch.tensor([r[0] for r in rng])
         self._hi = torch.tensor([r[1] for r in rng])
@@ -295,7 +314,8 @@ class PSFBank:
                 render_psf(self.model, params[i : i + 128], optics=self.optics)
                 for i in range(0, size, 128)
             ]
-            self.params, self.kernels = params, torch.cat(chunks)
+            labels = canonical_twin(params) if twins == "canonical" else params
+            self.params, self.kernels = labels, torch.cat(chunks)
 
     def _sample(self, n: int, g: torch.Generator) -> torch.Tensor:
         """``n`` parameter vectors drawn uniformly from the bank's intervals."""
@@ -388,6 +408,8 @@ class PatchStream:
     overshoot : float
         Draw magnitudes beyond the range's top for that bank (see :func:`draw_ranges`;
         training streams only, so validation and test stay on the model's range).
+    twins : {"as-drawn", "canonical"}
+        zernike3 label convention of that bank (see :class:`PSFBank`).
     device : str or torch.device
         Where the pool of sources is kept and the patches are degraded (``"cuda"``:
         generation on the GPU that trains, no CPU worker processes needed). Sources,
@@ -410,6 +432,7 @@ class PatchStream:
     bank_size: int = 2048
     param_ranges: dict[str, tuple[float, float]] | None = None
     overshoot: float = 0.0
+    twins: str = "as-drawn"
     device: str | torch.device = "cpu"
 
     def __post_init__(self) -> None:
@@ -429,7 +452,10 @@ class PatchStream:
                 self.seed + off,
                 param_ranges=self.param_ranges,
                 overshoot=self.overshoot,
+                twins=self.twins,
             )
+        elif self.bank.twins != self.twins:
+            raise ValueError(f"the bank's twins={self.bank.twins!r}, the stream's {self.twins!r}")
         self.k = self.bank.k
         self.r = PATCH + self.k - 1
         names = [t for t in self.types if self.types[t] > 0]

@@ -121,6 +121,7 @@ def score(psf_model: str, r: dict[str, torch.Tensor], use_weight: bool = True) -
 _BANKS: dict[tuple[Any, ...], PSFBank] = {}  # (model, seed, draw intervals) -> kernel bank
 BANK_SIZE = [512]
 SNR_RULE: list[float | None] = [None]  # --snr-min: the label rule of older recipes
+TWINS = ["as-drawn"]  # zernike3 label convention of the network scored (card_twins)
 
 
 Ranges = dict[str, tuple[float, float]] | None
@@ -134,14 +135,29 @@ def _stream(
     pool: int,
     ranges: Ranges = None,
 ) -> PatchStream:
-    key = (psf_model, seed, tuple(sorted((ranges or {}).items())))
-    if key not in _BANKS:  # one kernel bank per model, seed and draw intervals (slow part)
-        _BANKS[key] = PSFBank(psf_model, BANK_SIZE[0], seed + 2_000_003, param_ranges=ranges)
+    key = (psf_model, seed, tuple(sorted((ranges or {}).items())), TWINS[0])
+    if key not in _BANKS:  # one kernel bank per model, seed, intervals, labels (slow part)
+        _BANKS[key] = PSFBank(
+            psf_model, BANK_SIZE[0], seed + 2_000_003, param_ranges=ranges, twins=TWINS[0]
+        )
     if SNR_RULE[0] is not None:
         cfg = replace(cfg, snr_min=SNR_RULE[0])
     return PatchStream(
-        psf_model, "test", seed, types=types, degrade=cfg, bank=_BANKS[key], pool=pool, refresh=0.0
+        psf_model,
+        "test",
+        seed,
+        types=types,
+        degrade=cfg,
+        bank=_BANKS[key],
+        pool=pool,
+        refresh=0.0,
+        twins=TWINS[0],
     )
+
+
+def card_twins(card: Any) -> str:
+    """Return the zernike3 label convention a network was trained with (``--twins``)."""
+    return str((getattr(card, "data_recipe", None) or {}).get("twins", "as-drawn"))
 
 
 def card_ranges(card: Any, which: str = "card") -> Ranges:
@@ -476,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.tta:
             net = DihedralMean(net, pm)
         ranges = card_ranges(card, a.ranges)
+        TWINS[0] = card_twins(card)
+        if TWINS[0] != "as-drawn":
+            print(f"{card.name}: scored against {TWINS[0]} labels (astigmatic twins)")
         if ranges:
             print(f"{card.name}: test PSFs drawn from its training intervals {ranges}")
         if a.images_only:

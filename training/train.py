@@ -50,6 +50,7 @@ from .data import (
     DEFAULT_TYPES,
     REFRESH,
     SNR_MIN,
+    TWIN_LABELS,
     Batch,
     DegradeConfig,
     PatchStream,
@@ -222,6 +223,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "on the range); measured worse for zernike1, see training/README.md",
     )
     p.add_argument(
+        "--twins",
+        choices=TWIN_LABELS,
+        default="as-drawn",
+        help="zernike3 labels: as drawn, or of each pair of astigmatic twins (same blur, "
+        "psf_live.psf.astigmatic_twin) the one with less astigmatism (canonical), in "
+        "every stream; training/README.md",
+    )
+    p.add_argument(
         "--param-range",
         action="append",
         default=[],
@@ -261,6 +270,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--overshoot must lie in [0, 0.5]")
     if a.snr_min < 0:
         p.error("--snr-min must be >= 0")
+    if a.twins != "as-drawn" and a.psf_model != "zernike3":
+        p.error("--twins is a zernike3 option")
     ranges: dict[str, tuple[float, float]] = {}
     for spec in a.param_range:
         name, _, vals = spec.partition("=")
@@ -332,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, Any] = {"types": types} if types else {}
     if args.param_ranges:  # train, validation and test streams alike
         extra["param_ranges"] = args.param_ranges
+    if args.twins != "as-drawn":  # likewise
+        extra["twins"] = args.twins
     stream_kw.update(extra)
     torch.manual_seed(args.seed)
     net = build_net(args.arch, codec.n_outputs).to(device)
@@ -611,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
             recipe["data_device"] = str(device)  # same sources and PSFs, the device's noise
         if args.param_ranges:  # only then: older cards stay as they were
             recipe["param_ranges"] = {k: list(v) for k, v in args.param_ranges.items()}
+        if args.twins != "as-drawn":  # only then: older cards stay as they were
+            recipe["twins"] = args.twins
         card = ModelCard.for_psf_model(
             args.name or out.name,
             pm.name,

@@ -5,7 +5,15 @@ from ._models import PSF_MODELS, PSFModel, get_model
 from ._noise import add_noise, estimate_noise
 from ._optics import Optics, defocus_um_to_waves, defocus_waves_to_um
 from ._plane import TILT_AXES, TiltAxis, plane_depth, tilt_direction
-from ._render import as_params, gaussian_psf, next_fast_len, render_psf, zernike_psf
+from ._render import (
+    as_params,
+    astigmatic_twin,
+    canonical_twin,
+    gaussian_psf,
+    next_fast_len,
+    render_psf,
+    zernike_psf,
+)
 
 __all__ = [
     "PSF_MODELS",
@@ -16,7 +24,9 @@ __all__ = [
     "TiltAxis",
     "add_noise",
     "as_params",
+    "astigmatic_twin",
     "bilinear_weights",
+    "canonical_twin",
     "convolve",
     "defocus_um_to_waves",
     "defocus_waves_to_um",
