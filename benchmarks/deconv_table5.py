@@ -91,13 +91,23 @@ def ssim(ref: np.ndarray, est: np.ndarray) -> float:
     return float(structural_similarity(ref, est, data_range=float(ref.max() - ref.min())))
 
 
-def load_estimators(tta: bool = False, stride: int = 128) -> dict[str, Any]:
+def load_estimators(
+    tta: bool = False, stride: int = 128, detect: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Return one estimator per degradation.
+
+    The model ``detect`` names for it (which must load), else the first of DETECTIONS
+    that loads.
+    """
     out: dict[str, Any] = {}
     try:
         from psf_live.estimate import Estimator
     except Exception:
         return out
     for det, names in DETECTIONS.items():
+        if detect and det in detect:
+            out[det] = Estimator.load(detect[det], stride=stride, tta=tta)
+            continue
         for name in names:
             try:
                 out[det] = Estimator.load(name, stride=stride, tta=tta)
@@ -119,6 +129,7 @@ def run(
     shrink: str = "auto",
     refine: str = "none",
     refine_plain: bool = False,
+    detect: dict[str, str] | None = None,
 ) -> None:
     from skimage.restoration import richardson_lucy, unsupervised_wiener
 
@@ -133,7 +144,7 @@ def run(
     from psf_live.psf import OverlapAdd, add_noise, get_model, render_psf
 
     torch.set_num_threads(1)  # quality benchmark: one thread, no oversubscription
-    ests = load_estimators(tta, stride)
+    ests = load_estimators(tta, stride, detect)
     names = ", ".join(f"{k}={v.meta.get('name', '?')}" for k, v in ests.items())
     print(
         f"{n_images} images 256x256, peak {peak} photons, read noise {read_sigma}; "
@@ -296,6 +307,13 @@ def main() -> None:
         "(known) or one estimated from the image (auto)",
     )
     ap.add_argument(
+        "--detect",
+        default="",
+        metavar="DEG=MODEL,...",
+        help="the network that maps each degradation, e.g. Z-1=zernike3 or Z-1=runs/x.pt "
+        "(default: zernike1 for Z-1, gaussian1 for G-1)",
+    )
+    ap.add_argument(
         "--write-scenes",
         default="",
         metavar="DIR",
@@ -314,6 +332,9 @@ def main() -> None:
         print(f"wrote {a.n} scenes to {out}")
         return
     scales = tuple(float(v) for v in a.psf_scales.split(",") if v.strip())
+    detect = dict(kv.split("=", 1) for kv in a.detect.split(",") if kv.strip())
+    if not set(detect) <= set(DEGRADATIONS):
+        ap.error(f"--detect: degradations are {', '.join(DEGRADATIONS)}, got {a.detect!r}")
     run(
         a.n,
         a.seed,
@@ -326,6 +347,7 @@ def main() -> None:
         a.shrink,
         a.refine,
         a.refine_plain,
+        detect,
     )
 
 

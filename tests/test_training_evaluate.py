@@ -116,5 +116,19 @@ def test_a_canonical_network_is_scored_against_canonical_labels(
         assert "scored against canonical labels" in capsys.readouterr().out
         p = evaluate._stream("zernike3", {"tex": 1.0}, 0, DegradeConfig(), 16).next(16).params
         assert bool((p[:, 1] <= np.sqrt(2) * p[:, 0] + 1e-6).all())
+        # and any network's estimates fold likewise when scored against that convention
+        b = evaluate._stream("zernike3", {"tex": 1.0}, 0, DegradeConfig(), 16).next(16)
+        net = nets.build_net("tiny", 5).eval()
+        with torch.no_grad():  # every patch reads (0.05, 0.4, 0.3): its twin has less cylinder
+            t = nets.get_codec("zernike3").encode(torch.tensor([[0.05, 0.4, 0.3]]))[0]
+            net.head.weight.zero_()
+            net.head.bias.copy_(torch.cat([torch.tensor([-5.0]), t]))
+        est = evaluate.predict(net, "zernike3", [b])["pred"]
+        expect = torch.tensor([0.4 / np.sqrt(2), 0.05 * np.sqrt(2), 0.3], dtype=torch.float32)
+        torch.testing.assert_close(est[0], expect)
+        generic = _tiny(tmp_path / "h", {})
+        assert evaluate.main(["--model", str(generic), *args[2:], "--no-sweep", "--twins",
+                              "canonical", "--out", str(tmp_path / "f")]) == 0  # fmt: skip
+        assert "scored against canonical labels" in capsys.readouterr().out
     finally:
         evaluate.TWINS[0] = "as-drawn"  # module state shared with the other tests

@@ -30,8 +30,9 @@ import torch
 
 from psf_live.models import load_int8, load_model
 from psf_live.nets import dihedral_mean, get_codec
+from psf_live.psf import canonical_twin
 
-from .data import DEFAULT_TYPES, Batch, DegradeConfig, PatchStream, PSFBank
+from .data import DEFAULT_TYPES, TWIN_LABELS, Batch, DegradeConfig, PatchStream, PSFBank
 from .metrics import r2_report
 from .sources import SOURCE_TYPES
 
@@ -98,6 +99,8 @@ def predict(net: torch.nn.Module, psf_model: str, batches: list[Batch]) -> dict[
     out: dict[str, list[torch.Tensor]] = {"pred": [], "true": [], "prob": [], "inv": [], "w": []}
     for b in batches:
         prob, p = codec.decode(net(b.x.to(dev)).float().cpu())
+        if TWINS[0] == "canonical" and psf_model == "zernike3":
+            p = canonical_twin(p)  # the estimate in the labels' convention
         out["pred"].append(p)
         out["true"].append(b.params)
         out["prob"].append(prob)
@@ -465,6 +468,14 @@ def main(argv: list[str] | None = None) -> int:
         "std is invalid (default training.data.SNR_MIN; 0.05 for recipes before 2026-12-03)",
     )
     p.add_argument(
+        "--twins",
+        choices=["card", *TWIN_LABELS],
+        default="card",
+        help="zernike3 label convention to score against: the network's own (card), or "
+        "canonical for every network (estimates folded likewise: astigmatic twins, which "
+        "blur cannot tell apart, count as one)",
+    )
+    p.add_argument(
         "--ranges",
         choices=["card", "full"],
         default="card",
@@ -492,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.tta:
             net = DihedralMean(net, pm)
         ranges = card_ranges(card, a.ranges)
-        TWINS[0] = card_twins(card)
+        TWINS[0] = card_twins(card) if a.twins == "card" else a.twins
         if TWINS[0] != "as-drawn":
             print(f"{card.name}: scored against {TWINS[0]} labels (astigmatic twins)")
         if ranges:
