@@ -300,9 +300,18 @@ def test_train_with_data_made_on_the_gpu(tmp_path: Path) -> None:
 def test_train_twins_is_recorded_and_checked(tmp_path: Path, capsys) -> None:
     out = tmp_path / "t"
     args = ["--psf-model", "zernike3", "--steps", "1", "--lr", "1e-3"]
-    assert main([*args, "--twins", "canonical", "--out", str(out), *FAST]) == 0
+    lens = ["--param-range", "cylinder=0.2,0.3"]
+    assert main([*args, "--twins", "canonical", *lens, "--out", str(out), *FAST]) == 0
     _, card = load_model(out.with_suffix(".pt"))
     assert card.data_recipe["twins"] == "canonical"
+    # an export of the checkpoint (training.export, mid-run) keeps both in its card
+    from training.export import main as export
+
+    assert export(["--ckpt", str(out.with_suffix(".ckpt")), "--out", str(tmp_path / "x"),
+                   "--test-batches", "1"]) == 0  # fmt: skip
+    _, xcard = load_model(tmp_path / "x.pt")
+    assert xcard.data_recipe["twins"] == "canonical"
+    assert xcard.data_recipe["param_ranges"] == {"cylinder": [0.2, 0.3]}
     assert main([*args, "--out", str(tmp_path / "d"), *FAST]) == 0
     assert "twins" not in load_model(tmp_path / "d.pt")[1].data_recipe  # older cards alike
     with pytest.raises(SystemExit):

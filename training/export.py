@@ -38,17 +38,34 @@ def main(argv: list[str] | None = None) -> int:
     net = build_net(ck["arch"], codec.n_outputs)
     net.load_state_dict(ck["best_state"] or ck["net"])
     net.eval()
+    # the run's draw intervals and label convention (checkpoints since 2026-12-04)
+    extra = {k: v for k, v in (ck.get("stream_extra") or {}).items() if k != "types"}
     ts = PatchStream(
-        pm.name, "test", a.seed, degrade=DegradeConfig(), bank_size=512, pool=256, refresh=0.25
+        pm.name,
+        "test",
+        a.seed,
+        degrade=DegradeConfig(),
+        bank_size=512,
+        pool=256,
+        refresh=0.25,
+        **extra,
     )
     ev = evaluate_batches(
         net, pm.name, [ts.next(64) for _ in range(a.test_batches)], torch.device("cpu")
     )
+    recipe: dict[str, object] = {
+        "degrade": DegradeConfig().to_dict(),
+        "note": "see training/data.py",
+    }
+    if "param_ranges" in extra:
+        recipe["param_ranges"] = {k: list(v) for k, v in extra["param_ranges"].items()}
+    if "twins" in extra:
+        recipe["twins"] = extra["twins"]
     card = ModelCard.for_psf_model(
         a.name or pm.name,
         pm.name,
         ck["arch"],
-        data_recipe={"degrade": DegradeConfig().to_dict(), "note": "see training/data.py"},
+        data_recipe=recipe,
         metrics={
             "r2": ev["r2"]["r2"],
             "r2_per_param": {k: v for k, v in ev["r2"].items() if k != "r2"},

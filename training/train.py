@@ -580,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
                             "history": history,
                             "arch": args.arch,
                             "psf_model": pm.name,
+                            "stream_extra": extra,  # types, param_ranges, twins
                         },
                         tmp,
                     )
