@@ -42,6 +42,8 @@ from .evaluate import BANK_SIZE, DihedralMean, _stream, card_ranges, predict
 __all__ = ["mtf_distance", "twin", "twin_confusion_r2", "twin_report"]
 
 SQRT2 = math.sqrt(2.0)
+PURE_DEFOCUS = {"cylinder": (0.0, 0.02)}
+"""Draw intervals of the pure-defocus check (no cylindrical lens, no astigmatism)."""
 
 
 def twin(focus: np.ndarray, cylinder: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -245,6 +247,23 @@ def main(argv: list[str] | None = None) -> int:
             slope = float(np.polyfit(c[m], pc[m], 1)[0])
             rmse = float(np.sqrt(np.mean((pc[m] - c[m]) ** 2)))
             print(f"| {lo:.1f}-{hi:.1f} | {int(m.sum())} | {rmse:.3f} | {slope:.2f} |")
+    if c_range[0] > 0.0:  # a network for one lens: no pure defocus in its prior
+        return 0
+    # pure defocus, the common case without a cylindrical lens: its twin (0, sqrt 2 f) is
+    # in range up to f = 0.354 waves, and a blend reads half the defocus as astigmatism
+    s = _stream("zernike3", dict(DEFAULT_TYPES), a.seed, DegradeConfig(), 512, PURE_DEFOCUS)
+    r = predict(net, "zernike3", [s.next(64) for _ in range(a.batches)])
+    keep = (r["inv"] == 0) & (r["w"] > 0)
+    pred, true = r["pred"][keep].numpy(), r["true"][keep].numpy()
+    print(f"\n4. pure defocus (cylinder 0-0.02 waves), {int(keep.sum())} textured patches:")
+    print("| true focus (waves) | patches | focus read / true (median) | cylinder read (median) |")
+    print("|---|---|---|---|")
+    for lo, hi in ((0.05, 0.2), (0.2, 0.354), (0.354, 0.6), (0.6, 1.0)):
+        m = (true[:, 0] >= lo) & (true[:, 0] < hi)
+        if m.sum() > 5:
+            ratio = float(np.median(pred[m, 0] / true[m, 0]))
+            cyl = float(np.median(pred[m, 1]))
+            print(f"| {lo:.2f}-{hi:.2f} | {int(m.sum())} | {ratio:.2f} | {cyl:.3f} |")
     return 0
 
 
