@@ -32,18 +32,18 @@ from psf_live.nets import (
 )
 
 from .data import DEFAULT_TYPES, DegradeConfig, PatchStream, PSFBank
-from .evaluate import card_ranges, predict, score
+from .evaluate import TWINS, card_ranges, card_twins, predict, score
 from .metrics import axis_period
 
 
 def _streams(card: Any, seed: int, bank_size: int, pool: int) -> tuple[PatchStream, PatchStream]:
     """Return the validation (calibration) and test streams of the model's recipe."""
     pm = card.psf_model
-    ranges = card_ranges(card)
+    ranges, twins = card_ranges(card), card_twins(card)
     types = {k: float(v) for k, v in (card.data_recipe.get("sources") or DEFAULT_TYPES).items()}
     out = []
     for split, off in (("val", 1_000_003), ("test", 2_000_003)):
-        bank = PSFBank(pm, bank_size, seed + off, param_ranges=ranges)
+        bank = PSFBank(pm, bank_size, seed + off, param_ranges=ranges, twins=twins)
         out.append(
             PatchStream(
                 pm,
@@ -54,6 +54,7 @@ def _streams(card: Any, seed: int, bank_size: int, pool: int) -> tuple[PatchStre
                 bank=bank,
                 pool=pool,
                 refresh=0.0,
+                twins=twins,
             )
         )
     return out[0], out[1]
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     t0 = time.time()
     net, card = load_model(a.model)
+    TWINS[0] = card_twins(card)  # estimates scored in the labels' convention
     if a.float_modules is not None:
         modules = tuple(m for m in a.float_modules.split(",") if m)
     elif card.arch in INT8_FLOAT_MODULES:
