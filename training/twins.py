@@ -194,17 +194,22 @@ def main(argv: list[str] | None = None) -> int:
     tw = np.c_[np.stack(twin(pairs[:, 0], pairs[:, 1]), 1), base[:, 2]]
     steps = {
         "twin": tw,
+        "midpoint": (base + tw) / 2,
         "focus +0.02": base + np.array([0.02, 0, 0]),
         "cylinder +0.02": base + np.array([0, 0.02, 0]),
     }
     dist = {k: mtf_distance(base, v) for k, v in steps.items()}
     print("1. MTF difference (relative L2) from (focus, cylinder) at axis 0.7 rad:")
-    print("| (focus, cylinder) | twin | its MTF difference | focus +0.02 | cylinder +0.02 |")
-    print("|---|---|---|---|---|")
+    print(
+        "| (focus, cylinder) | twin | its MTF difference | midpoint's (k- = 0) | focus +0.02 "
+        "| cylinder +0.02 |"
+    )
+    print("|---|---|---|---|---|---|")
     for i, (fc, t) in enumerate(zip(pairs, tw, strict=True)):
         print(
             f"| ({fc[0]:.2f}, {fc[1]:.2f}) | ({t[0]:.3f}, {t[1]:.3f}) | {dist['twin'][i]:.3f} "
-            f"| {dist['focus +0.02'][i]:.3f} | {dist['cylinder +0.02'][i]:.3f} |"
+            f"| {dist['midpoint'][i]:.3f} | {dist['focus +0.02'][i]:.3f} "
+            f"| {dist['cylinder +0.02'][i]:.3f} |"
         )
     b = twin_confusion_r2(f_range, c_range)
     print(
