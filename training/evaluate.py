@@ -121,7 +121,7 @@ def score(psf_model: str, r: dict[str, torch.Tensor], use_weight: bool = True) -
     return rep
 
 
-_BANKS: dict[tuple[Any, ...], PSFBank] = {}  # (model, seed, draw intervals) -> kernel bank
+_BANKS: dict[tuple[Any, ...], PSFBank] = {}  # (model, seed, intervals, labels) -> kernel bank
 BANK_SIZE = [512]
 SNR_RULE: list[float | None] = [None]  # --snr-min: the label rule of older recipes
 TWINS = ["as-drawn"]  # zernike3 label convention of the network scored (card_twins)

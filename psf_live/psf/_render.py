@@ -178,7 +178,7 @@ def astigmatic_twin(params: ArrayLike) -> torch.Tensor:
     ``|k-|``, so the sign of ``k-`` (the image plane between the two line foci, or
     outside them) shows only in diffraction detail. Flipping it gives the twin
     ``(cylinder / sqrt(2), sqrt(2) focus, axis)``: on the default optics the MTFs of
-    twins 0.13-0.32 waves apart differ as little as those of a 0.02-wave focus step
+    twins 0.13-0.32 waves apart differ about as little as those of a 0.02-wave focus step
     (``python -m training.twins``). The map is its own inverse.
 
     Parameters
