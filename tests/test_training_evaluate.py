@@ -132,3 +132,15 @@ def test_a_canonical_network_is_scored_against_canonical_labels(
         assert "scored against canonical labels" in capsys.readouterr().out
     finally:
         evaluate.TWINS[0] = "as-drawn"  # module state shared with the other tests
+
+
+def test_two_networks_of_one_name_keep_their_own_entries(tmp_path: Path) -> None:
+    """A candidate named like the shipped network must not overwrite its report entry."""
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    tifffile.imwrite(folder / "s.tif", np.random.default_rng(0).random((256, 256)))
+    a, b = _tiny(tmp_path / "a", {}), _tiny(tmp_path / "b", {})
+    out = tmp_path / "eval"
+    args = ["--batches", "1", "--batch-size", "8", "--bank-size", "16", "--images", str(folder)]
+    assert evaluate.main(["--model", f"{a},{b}", *args, "--images-only", "--out", str(out)]) == 0
+    assert set(json.loads((out / "report.json").read_text())["models"]) == {"lens-z3", "lens-z3-2"}

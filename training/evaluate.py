@@ -494,11 +494,14 @@ def main(argv: list[str] | None = None) -> int:
     SNR_RULE[0] = a.snr_min
     report: dict[str, Any] = {}
     table4: dict[str, dict[str, float]] = {}
-    for spec in a.model.split(","):
+    for i, spec in enumerate(a.model.split(",")):
         net, card = load_model(spec.strip(), a.device)
         if a.int8:
             net = load_int8(spec.strip(), net, card)
             card.name = f"{card.name}-int8"
+        if card.name in report or any(k.startswith(f"{card.name} [") for k in table4):
+            # a candidate carrying the shipped network's name: its own entry and plot
+            card.name = f"{card.name}-{i + 1}"
         pm = card.psf_model
         if a.tta:
             net = DihedralMean(net, pm)
