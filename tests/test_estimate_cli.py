@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,14 +119,39 @@ def test_estimate_tta(tmp_path: Path, model_path: Path, rng: np.random.Generator
     assert not np.allclose(outs[True], outs[False])
 
 
-def test_estimate_colour_image(tmp_path: Path, model_path: Path) -> None:
-    """An RGB TIFF is refused with a message that says so, not as a stack 3 px wide."""
-    tif = tmp_path / "rgb.tif"
-    tifffile.imwrite(tif, np.zeros((256, 256, 3), np.uint8), photometric="rgb")
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"data": np.zeros((256, 256, 3), np.uint8), "photometric": "rgb"}, "colour image"),
+        (  # an ImageJ hyperstack of two channels is not two frames
+            {
+                "data": np.zeros((2, 256, 256), np.uint16),
+                "imagej": True,
+                "metadata": {"axes": "CYX"},
+            },
+            "2 channels (axes CYX)",
+        ),
+    ],
+)
+def test_estimate_colour_or_channels(
+    tmp_path: Path, model_path: Path, kw: dict[str, Any], match: str
+) -> None:
+    """Colour and multi-channel TIFFs are refused saying so, not mapped as frames."""
+    tif = tmp_path / "img.tif"
+    tifffile.imwrite(tif, **kw)
     r = runner.invoke(app, ["estimate", str(tif), "-m", str(model_path), "-o", "x.npz"])
     assert r.exit_code != 0
     err = r.stderr.strip()
-    assert err.startswith("error:") and "colour image" in err and "\n" not in err
+    assert err.startswith("error:") and match in err and "\n" not in err
+    # the same stack as frames (axes ZYX) is mapped frame by frame
+    if kw.get("imagej"):
+        frames = np.random.default_rng(0).integers(0, 4000, (2, 256, 256)).astype(np.uint16)
+        tifffile.imwrite(tif, frames, imagej=True, metadata={"axes": "ZYX"})
+        out = tmp_path / "z.npz"
+        r = runner.invoke(app, ["estimate", str(tif), "-m", str(model_path), "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        with np.load(out) as z:
+            assert z["valid"].shape[0] == 2
 
 
 def test_estimate_reports_blank_frames(tmp_path: Path, rng: np.random.Generator) -> None:

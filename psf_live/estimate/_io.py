@@ -20,21 +20,29 @@ def load_image(path: str | Path) -> np.ndarray:
     Raises
     ------
     ValueError
-        Missing or unreadable file, a colour (H, W, 3 or 4) image, or data that is
-        neither 2D nor 3D.
+        Missing or unreadable file, a colour (H, W, 3 or 4) or multi-channel image, or
+        data that is neither 2D nor 3D.
     """
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{p}: no such file")
+    axes = ""  # the TIFF's axis letters, where it names them (ImageJ / OME hyperstacks)
     try:
         if p.suffix.lower() == ".npy":
             data = np.load(p, allow_pickle=False)
         else:
             import tifffile
 
-            data = tifffile.imread(p)
+            with tifffile.TiffFile(p) as tif:
+                series = tif.series[0]
+                axes, data = series.axes, series.asarray()
     except Exception as exc:
         raise ValueError(f"{p}: cannot read image ({type(exc).__name__}: {exc})") from None
+    if "C" in axes and data.shape[axes.index("C")] > 1:  # not frames of one channel
+        raise ValueError(
+            f"{p}: {data.shape[axes.index('C')]} channels (axes {axes}); psf-live reads one "
+            "channel: save the channel you imaged as its own TIFF"
+        )
     data = np.asarray(data)
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
