@@ -332,9 +332,12 @@ def main() -> None:
         print(f"wrote {a.n} scenes to {out}")
         return
     scales = tuple(float(v) for v in a.psf_scales.split(",") if v.strip())
-    detect = dict(kv.split("=", 1) for kv in a.detect.split(",") if kv.strip())
-    if not set(detect) <= set(DEGRADATIONS):
-        ap.error(f"--detect: degradations are {', '.join(DEGRADATIONS)}, got {a.detect!r}")
+    pairs = [kv.partition("=") for kv in a.detect.split(",") if kv.strip()]
+    detect = {deg.strip(): name.strip() for deg, _, name in pairs}
+    if not set(detect) <= set(DEGRADATIONS) or not all(detect.values()):
+        ap.error(
+            f"--detect: expected DEG=MODEL with DEG in {', '.join(DEGRADATIONS)}, got {a.detect!r}"
+        )
     run(
         a.n,
         a.seed,

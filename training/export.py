@@ -21,7 +21,7 @@ from psf_live.nets import build_net, get_codec
 from psf_live.psf import get_model
 
 from .data import DegradeConfig, PatchStream
-from .train import evaluate_batches
+from .train import evaluate_batches, stream_recipe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,14 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     ev = evaluate_batches(
         net, pm.name, [ts.next(64) for _ in range(a.test_batches)], torch.device("cpu")
     )
-    recipe: dict[str, object] = {
+    recipe = {
         "degrade": DegradeConfig().to_dict(),
         "note": "see training/data.py",
+        **stream_recipe(extra),
     }
-    if "param_ranges" in extra:
-        recipe["param_ranges"] = {k: list(v) for k, v in extra["param_ranges"].items()}
-    if "twins" in extra:
-        recipe["twins"] = extra["twins"]
     card = ModelCard.for_psf_model(
         a.name or pm.name,
         pm.name,

@@ -82,6 +82,21 @@ def loss_fn(
     }
 
 
+def stream_recipe(extra: dict[str, Any]) -> dict[str, Any]:
+    """Card ``data_recipe`` entries for a run's held-out stream options (``extra``).
+
+    Only the options a run set (narrower draw intervals, the twin label convention), so
+    that older cards stay as they were; ``training.export`` writes the same entries from a
+    checkpoint's ``stream_extra``.
+    """
+    out: dict[str, Any] = {}
+    if extra.get("param_ranges"):
+        out["param_ranges"] = {k: list(v) for k, v in extra["param_ranges"].items()}
+    if extra.get("twins", "as-drawn") != "as-drawn":
+        out["twins"] = extra["twins"]
+    return out
+
+
 WORKER_SEED_STEP = 104_729
 """Seed offset between data-loader workers (ranks are 7,919 apart, so neither overlaps)."""
 
@@ -623,10 +638,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe["overshoot"] = args.overshoot
         if args.data_device != "cpu":  # only then: older cards stay as they were
             recipe["data_device"] = str(device)  # same sources and PSFs, the device's noise
-        if args.param_ranges:  # only then: older cards stay as they were
-            recipe["param_ranges"] = {k: list(v) for k, v in args.param_ranges.items()}
-        if args.twins != "as-drawn":  # only then: older cards stay as they were
-            recipe["twins"] = args.twins
+        recipe.update(stream_recipe(extra))
         card = ModelCard.for_psf_model(
             args.name or out.name,
             pm.name,

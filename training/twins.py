@@ -50,7 +50,8 @@ def twin(focus: np.ndarray, cylinder: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """Return the astigmatic twin ``(C / sqrt(2), sqrt(2) f)`` of ``(f, C)`` (same axis).
 
     The twin has the same ``|k+|`` and the opposite ``k-`` (principal curvatures of the
-    pupil phase, module docstring); the map is its own inverse.
+    pupil phase, module docstring); the map is its own inverse. The float64 numpy form of
+    :func:`psf_live.psf.astigmatic_twin` (float32 tensors), for the bookkeeping here.
     """
     f = np.asarray(focus, dtype=np.float64)
     c = np.asarray(cylinder, dtype=np.float64)
