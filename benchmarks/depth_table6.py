@@ -163,12 +163,18 @@ def _curved_truth(full: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> dict[str,
 
 
 def make_images(
-    tilts: list[float], seed: int, ground_truth: bool, args: Any, curvature_um: float = 0.0
+    tilts: list[float],
+    seed: int,
+    ground_truth: bool,
+    args: Any,
+    curvature_um: float = 0.0,
+    sample: str = "grid",
 ) -> list[dict[str, Any]]:
     """Images (or ground-truth maps) of the tilted grid with fresh noise and offsets.
 
     ``curvature_um``: radius of curvature of the grid (0: a plane); the true depth at
     the patch centres (``truth_grid``) and its range over the field then come along.
+    ``sample``: the simulator's sample in place of the grid (``cells``, ``points``).
     """
     rng = np.random.default_rng(seed)
     cy = patch_centers(patch_starts(SHAPE[0]))
@@ -209,7 +215,7 @@ def make_images(
     from psf_live.sim import SimMicroscope, SimSettings
 
     torch.set_num_threads(args.threads)
-    scope = SimMicroscope(SimSettings(shape=SHAPE), seed=seed)
+    scope = SimMicroscope(SimSettings(shape=SHAPE, sample=sample), seed=seed)
     scope.update(
         cylinder=0.25,
         cylinder_axis=math.radians(args.lens_axis_deg),
@@ -233,7 +239,8 @@ def make_images(
         curved = f"_c{curvature_um:g}" if curvature_um else ""
         along = "" if args.tilt_axis == "x" else f"_{args.tilt_axis}"
         lens = "" if args.lens_axis_deg == 45 else f"_lens{args.lens_axis_deg:g}"
-        name = f"s{seed}_{i:03d}_{t:+g}_{args.exposure_ms:g}{curved}{along}{lens}.npy"
+        kind = "" if sample == "grid" else f"_{sample}"
+        name = f"s{seed}_{i:03d}_{t:+g}_{args.exposure_ms:g}{curved}{along}{lens}{kind}.npy"
         f = cache / name if cache else None
         scope.update(tilt_deg=float(t), sample_offset_um=off, sample_seed=sseed)
         if f is not None and f.exists():
@@ -338,7 +345,12 @@ def smoothing_table(items: list[dict[str, Any]], cal: DepthCalibration, args: An
     ]
     for rc in (float(v) for v in args.curved.split(",") if v.strip()):
         curved = make_images(
-            [args.curved_tilt] * args.per_curved, args.seed + 1, args.ground_truth_maps, args, rc
+            [args.curved_tilt] * args.per_curved,
+            args.seed + 1,
+            args.ground_truth_maps,
+            args,
+            rc,
+            sample=args.sample,
         )
         label = f"{args.curved_tilt:+g} deg, curvature radius {rc / 1000:+g} mm"
         rows.append((label, curved, rc))
@@ -359,6 +371,95 @@ def smoothing_table(items: list[dict[str, Any]], cal: DepthCalibration, args: An
         rng = np.mean([it.get("range_um", 0.0) for it in its]) if rc else float("nan")
         rng_txt = f"{rng:.1f}" if rc else "per tilt"
         print(f"| {label} | {rng_txt} | " + " | ".join(cells) + " |")
+
+
+def specimen_rescale(
+    cal: DepthCalibration, kind: str, steps: list[float], args: Any
+) -> DepthCalibration:
+    """Rescale the grid's calibration from focus steps of a flat specimen of ``kind``.
+
+    As a user would (``psf-live rescale-depth``): one field of the specimen, untilted and
+    at another position than the test images, imaged at each focal-plane step.
+    """
+    import torch
+
+    from psf_live.depth import rescale_frames
+    from psf_live.estimate import Estimator
+    from psf_live.sim import SimMicroscope, SimSettings
+
+    torch.set_num_threads(args.threads)
+    scope = SimMicroscope(SimSettings(shape=SHAPE, sample=kind), seed=args.seed + 3)
+    scope.update(
+        cylinder=0.25,
+        cylinder_axis=math.radians(args.lens_axis_deg),
+        tilt_axis=args.tilt_axis,
+        tilt_deg=0.0,
+        sample_seed=args.seed + 3,
+        sample_offset_um=(37.0, 91.0),
+    )
+    est = Estimator.load(args.model, tta=cal.tta_views if cal.tta_views > 1 else False)
+    frames = [scope.snap(dz, args.exposure_ms) for dz in steps]
+    return rescale_frames(est, frames, steps, cal)
+
+
+def other_samples_table(cal: DepthCalibration, args: Any) -> None:
+    """Depth of other samples with the grid's calibration, as a user measures a specimen.
+
+    The calibration is made on the printed grid; a specimen shows other texture, and the
+    network's reading of the same blur may differ with it. Every tilt of the main table,
+    ``--per-other`` images each, fresh noise and sample positions; with
+    ``--rescale-steps``, also with the calibration rescaled for each sample from focus
+    steps of one flat field of it (:func:`specimen_rescale`).
+    """
+    kinds = [k.strip() for k in args.other_samples.split(",") if k.strip()]
+    if not kinds:
+        return
+    if args.ground_truth_maps:
+        print("\nother samples: skipped (ground-truth maps do not depend on the sample)")
+        return
+    steps = [float(v) for v in args.rescale_steps.split(",") if v.strip()]
+    tilts = [t for t in (*CAL_TILTS, *EXTRA_TILTS) for _ in range(args.per_other)]
+    print(
+        f"\nother samples, with the grid's calibration ({args.per_other} images per tilt; "
+        f"R^2, abs. error and tilt with R = {args.smooth}):"
+    )
+    print(
+        "| sample | calibration | tilt | patches used (%) | R^2 | abs. error (um) | "
+        "rel. error (%), R = 0 / 1 / 2 | est. tilt (deg) | sign right |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    summary = []
+    for kind in kinds:
+        items = make_images(tilts, args.seed + 2, False, args, sample=kind)
+        cals = [("grid", cal)]
+        if steps:
+            rc = specimen_rescale(cal, kind, steps, args)
+            cals.append((f"rescaled x{rc.rescaled['factor']:.3f}", rc))
+        for label, c in cals:
+            evs = [
+                evaluate(items, c, clean=args.clean, smooth=k, axis=args.tilt_axis)
+                for k in (0, 1, 2)
+            ]
+            for tilt in (*CAL_TILTS, *EXTRA_TILTS):
+                r = evs[min(args.smooth, 2)][tilt]
+                rel = " / ".join(f"{ev[tilt]['rel_mean']:.2f}" for ev in evs)
+                te = np.asarray(r["tilt_est"])
+                print(
+                    f"| {kind} | {label} | {tilt:+g} | {evs[0][tilt]['coverage']:.0f} | "
+                    f"{r['r2']:.4f} | {r['abs_mean']:.2f} +- {r['abs_sd']:.2f} | {rel} | "
+                    f"{te.mean():+.2f} +- {te.std():.2f} | {r['sign_ok']}/{r['n']} |"
+                )
+            means = " / ".join(
+                f"{np.mean([r['rel_mean'] for r in ev.values()]):.2f}" for ev in evs
+            )
+            ratio = np.mean(
+                [np.mean(r["tilt_est"]) / t for t, r in evs[min(args.smooth, 2)].items()]
+            )
+            summary.append(f"| {kind} | {label} | {means} | {ratio:.3f} |")
+    print("\nmean over the tilts:")
+    print("| sample | calibration | rel. error (%), R = 0 / 1 / 2 | est. / true tilt |")
+    print("|---|---|---|---|")
+    print("\n".join(summary))
 
 
 def main() -> int:
@@ -434,6 +535,27 @@ def main() -> int:
     ap.add_argument("--per-tilt", type=int, default=10, help="images per calibration tilt")
     ap.add_argument("--n-cal", type=int, default=4, help="of which used for calibration")
     ap.add_argument("--per-extra", type=int, default=3, help="images per extra tilt")
+    ap.add_argument(
+        "--sample",
+        default="grid",
+        choices=["grid", "cells", "points"],
+        help="the simulator's sample for calibration and the main table (default: the "
+        "printed grid, as the paper)",
+    )
+    ap.add_argument(
+        "--other-samples",
+        default="",
+        help="simulator samples (comma-separated: cells, points) to map with the grid's "
+        "calibration at every tilt: the depth of a specimen, not of the calibration target",
+    )
+    ap.add_argument("--per-other", type=int, default=3, help="images per tilt and other sample")
+    ap.add_argument(
+        "--rescale-steps",
+        default="",
+        help="with --other-samples: focal-plane steps (um, e.g. -15,-10,-5,0,5,10,15) of a "
+        "flat field of each sample that rescale the grid's calibration for it "
+        "(psf-live rescale-depth); its rows follow the grid calibration's",
+    )
     ap.add_argument("--exposure-ms", type=float, default=10.0)
     ap.add_argument(
         "--lens-axis-deg",
@@ -456,7 +578,9 @@ def main() -> int:
     tilts_main = [t for t in CAL_TILTS for _ in range(args.per_tilt)]
     tilts_extra = [t for t in EXTRA_TILTS for _ in range(args.per_extra)]
     t0 = time.perf_counter()
-    items = make_images(tilts_main + tilts_extra, args.seed, args.ground_truth_maps, args)
+    items = make_images(
+        tilts_main + tilts_extra, args.seed, args.ground_truth_maps, args, sample=args.sample
+    )
     t_img = time.perf_counter() - t0
     if args.render_only:
         print(f"rendered {len(items)} frames into {args.cache} ({t_img:.0f} s)")
@@ -573,6 +697,7 @@ def main() -> int:
         r = res[tilt]
         print(f"| {tilt:+g} | {r['prof_abs']:.2f} +- {r['prof_sd']:.2f} | {r['prof_rel']:.2f} |")
     smoothing_table(test_items + extra_items, cal, args)
+    other_samples_table(cal, args)
     ok_rel = all(r["rel_mean"] <= 1.0 for r in res.values())  # per patch, not projected
     ok_r2 = all(r["r2"] >= 0.99 for r in res.values())
     ok_sign = all(r["sign_ok"] == r["n"] for r in res.values())

@@ -490,6 +490,102 @@ def _acquire_depth_calibration(  # type: ignore[no-untyped-def]
     return frames, frame_tilts, float(px)
 
 
+def _parse_steps(text: str) -> list[float]:
+    """``"-15,-10,0,10,15"`` (um) into floats, or a one-line usage error."""
+    import math
+
+    try:
+        steps = [float(v) for v in str(text).replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise fail(
+            f"--z-steps {text!r}: expected comma-separated um, e.g. -10,-5,0,5,10"
+        ) from None
+    if not all(math.isfinite(v) for v in steps):
+        raise fail(f"--z-steps {text!r}: steps must be finite")
+    if len(set(steps)) < 3:
+        raise fail(f"--z-steps {text!r}: give at least 3 different focus steps")
+    return steps
+
+
+@app.command("rescale-depth")
+def rescale_depth(
+    calibration: str = typer.Argument(..., help="calibrate-depth JSON (made on the grid)."),
+    stack: str = typer.Argument(
+        None, help="TIFF stack of the specimen, one frame per focus step; omit with --config."
+    ),
+    z_steps: str = typer.Option(
+        ...,
+        "--z-steps",
+        "-z",
+        help="Focal-plane position of each frame in um, e.g. -15,-10,-5,0,5,10,15 "
+        "(positive: farther from the objective; with --config, relative to the current one).",
+    ),
+    output: str = typer.Option(..., "--output", "-o", help="Rescaled calibration JSON."),
+    config: str = typer.Option(
+        None, "--config", "-c", help="Acquire live from this scope (.cfg; 'sim' = simulator)."
+    ),
+    model: str = typer.Option(
+        None, "--model", "-m", help="Model name or path (default: the calibration's)."
+    ),
+) -> None:
+    """Rescale a depth calibration for a specimen from frames of it at known focus steps.
+
+    The network reads one and the same defocus differently through different samples
+    (on the simulated scope a grid calibration reads sparse points about 16 % too
+    shallow). The stage knows how far it moves the focal plane, so a few frames of one
+    field of the specimen, nothing moved but focus, measure the depth scale on it; the
+    calibration is rescaled to read the specimen as it read its grid (README, Depth).
+    """
+    from psf_live.depth import CalibrationError, DepthCalibration, rescale_frames
+
+    steps = _parse_steps(z_steps)
+    try:
+        cal = DepthCalibration.load(calibration)
+    except CalibrationError as exc:
+        raise fail(str(exc)) from None
+    if bool(stack) == bool(config):
+        raise fail("give the specimen's focus stack or --config (not both, not neither)")
+    name = model or cal.network.get("name") or None
+    try:  # mapped the way the calibration was (with or without --tta)
+        est = _load_estimator(name, tta=cal.tta_views if cal.tta_views > 1 else False)
+    except Exception as exc:
+        raise fail(f"cannot load model {name or 'zernike3'!r}: {exc}") from None
+    if stack:
+        frames, _ = _load_frames(stack)
+        if len(frames) != len(steps):
+            raise fail(f"{stack}: {len(frames)} frames but {len(steps)} focus steps")
+    else:
+        from psf_live.acquire import open_core
+        from psf_live.depth import acquire_focus_steps
+
+        try:
+            core = open_core(None if config == "sim" else config, headless=True)
+        except Exception as exc:
+            raise fail(str(exc)) from None
+        z0 = core.getPosition()
+
+        def snap():  # type: ignore[no-untyped-def]
+            core.snapImage()
+            return core.getImage()
+
+        try:
+            frames = acquire_focus_steps(snap, lambda dz: core.setPosition(z0 + dz), steps)
+        finally:
+            core.setPosition(z0)
+            core.unloadAllDevices()
+    try:
+        out = rescale_frames(est, frames, steps, cal)
+    except CalibrationError as exc:
+        raise fail(f"rescale refused: {exc}") from None
+    out.save(output)
+    r = out.rescaled
+    typer.echo(
+        f"depth changed {r['slope']:.3f} um per um of focus step on {r['n_patches']} patches "
+        f"(the calibration's grid: {cal.response_slope:.3f}); depth x {r['factor']:.3f} "
+        f"-> {output}"
+    )
+
+
 @app.command("depth")
 def depth_cmd(
     image: str = typer.Argument(..., help="TIFF (2D image or T x H x W stack)."),

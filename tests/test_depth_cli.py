@@ -339,3 +339,113 @@ def test_wrong_lens_axis_is_refused_before_acquisition(
     # the axis it was trained for passes the check and reaches the scope (refused there)
     r = runner.invoke(cli.app, [*args, "--lens-axis-deg", "45"])
     assert r.exit_code == 1 and "the scope was opened" in r.output, r.output
+
+
+class StepMapper(TiltMapper):
+    """Stand-in for an Estimator on a specimen at focus steps: a frame of constant value
+    ``100 + step`` shows a plane tilted 5 deg whose depth changes by ``-read * step`` (a
+    specimen read ``read`` x as deep as the calibration grid)."""
+
+    def __init__(self, read: float) -> None:
+        super().__init__()
+        self.read = read
+
+    def map(self, frame: Any) -> Any:
+        f = np.asarray(frame, dtype=np.float64)
+        step = float(f.mean()) - 100.0
+        cy = patch_centers(patch_starts(f.shape[0]))
+        cx = patch_centers(patch_starts(f.shape[1]))
+        d = true_depth_grid(cy, cx, 5.0, "x", 0.64, f.shape) - self.read * step
+        return synthetic_psf_map(
+            d, cy, cx, f.shape, focus_noise=self.map_noise, rng=self.rng, meta=self.meta
+        )
+
+
+def test_rescale_depth_from_a_focus_stack(
+    tmp_path: Path, fake: TiltMapper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imgs = [_write(tmp_path, f"g{t}.tif", _frame(t)) for t in (3, 6, 10, -5)]
+    cal = tmp_path / "c.json"
+    r = runner.invoke(cli.app, ["calibrate-depth", *imgs, "-t", "3,6,10,-5", "-o", str(cal)])
+    assert r.exit_code == 0, r.output
+    steps = [-10.0, -5.0, 0.0, 5.0, 10.0]
+    stack = _write(
+        tmp_path, "spec.tif", np.stack([np.full(SHAPE, 100 + s, np.float32) for s in steps])
+    )
+    monkeypatch.setattr(cli, "_load_estimator", lambda model, tta=False: StepMapper(0.8))
+    out = tmp_path / "spec.json"
+    r = runner.invoke(
+        cli.app, ["rescale-depth", str(cal), stack, "-z", "-10,-5,0,5,10", "-o", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    spec = DepthCalibration.load(out)
+    assert spec.rescaled["factor"] == pytest.approx(1.25, abs=0.04)
+    assert spec.rescaled["steps_um"] == steps
+    base = DepthCalibration.load(cal)
+    assert spec.coef[1] == pytest.approx(base.coef[1] * spec.rescaled["factor"])
+    assert "depth x 1.2" in r.output
+    # the steps given with the wrong sign (a stage that moves the other way): refused
+    bad = tmp_path / "bad.json"
+    r = runner.invoke(
+        cli.app, ["rescale-depth", str(cal), stack, "-z", "10,5,0,-5,-10", "-o", str(bad)]
+    )
+    assert r.exit_code == 1 and "opposite sign" in r.output and not bad.exists(), r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-z", "-5,0,5,10"], "3 frames but 4 focus steps"),
+        (["-z", "0,0,5"], "at least 3 different"),
+        (["-z", "a,b"], "expected comma-separated"),
+        (["-z", "-5,0,5", "--config", "sim"], "not both"),
+    ],
+)
+def test_rescale_depth_errors(
+    tmp_path: Path, fake: TiltMapper, args: list[str], message: str
+) -> None:
+    imgs = [_write(tmp_path, f"g{t}.tif", _frame(t)) for t in (3, 6, 10)]
+    cal = tmp_path / "c.json"
+    assert (
+        runner.invoke(
+            cli.app, ["calibrate-depth", *imgs, "-t", "3,6,10", "-o", str(cal)]
+        ).exit_code
+        == 0
+    )
+    stack = _write(tmp_path, "s.tif", np.stack([_frame(0)] * 3))
+    r = runner.invoke(cli.app, ["rescale-depth", str(cal), stack, *args, "-o", "x.json"])
+    assert r.exit_code != 0 and message in r.output, r.output
+    r = runner.invoke(cli.app, ["rescale-depth", str(cal), "-z", "-5,0,5", "-o", "x.json"])
+    assert r.exit_code == 1 and "give the specimen's focus stack or --config" in r.output
+
+
+def test_rescale_depth_live_on_the_simulated_scope(tmp_path: Path) -> None:
+    """End to end: calibrate on the simulator's tilted grid, then rescale from focus steps
+    of its (untilted) grid: the same sample, so the scale stays within a few per cent."""
+    models = pytest.importorskip("psf_live.models")
+    if "zernike3-lens45" not in models.available_models():
+        pytest.skip("zernike3-lens45 not shipped")
+    cal, out = tmp_path / "c.json", tmp_path / "spec.json"
+    r = runner.invoke(
+        cli.app,
+        [
+            "calibrate-depth",
+            "--config",
+            "sim",
+            "-t",
+            "3,6,10",
+            "-m",
+            "zernike3-lens45",
+            "-o",
+            str(cal),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        cli.app,
+        ["rescale-depth", str(cal), "--config", "sim", "-z", "-10,-5,0,5,10", "-o", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    spec = DepthCalibration.load(out)
+    assert 0.9 < spec.rescaled["factor"] < 1.1
+    assert spec.rescaled["n_patches"] > 100

@@ -225,6 +225,16 @@ class DepthCalibration:
         whose ``|base metric|`` exceeds it, where the network's focus output no longer
         grows with the defocus, so that their depth cannot be read; None (no limit)
         when the calibration images did not go beyond the reach, and in older files.
+    response_slope : float or None
+        How the fitted depth follows the true depth on the calibration patches (robust
+        slope of the one against the other; below 1 where the forward fit shrinks it),
+        the reference :func:`~psf_live.depth.rescale_calibration` compares a specimen's
+        focus steps with. None in files from before 2026-12-04.
+    rescaled : dict
+        Empty for a calibration as fitted; after
+        :func:`~psf_live.depth.rescale_calibration`, its ``factor`` (this rescale),
+        ``total_factor`` (since the fit), the specimen's ``slope``, the ``steps_um``
+        and ``n_patches``.
     """
 
     features: str
@@ -243,6 +253,8 @@ class DepthCalibration:
     max_spread_um: float | None = None
     deadzone: float = 0.0
     max_metric: float | None = None
+    response_slope: float | None = None
+    rescaled: dict[str, Any] = field(default_factory=dict)
     version: int = CALIBRATION_VERSION
     source: str = field(default="", compare=False)
     """File the calibration was read from (not saved; used in error messages)."""
@@ -317,6 +329,10 @@ class DepthCalibration:
             raise ValueError(f"deadzone must be a finite width >= 0, got {cal.deadzone}")
         if cal.max_metric is not None and not float(cal.max_metric) > 0:
             raise ValueError(f"max_metric must be > 0 or null, got {cal.max_metric}")
+        if cal.response_slope is not None and not float(cal.response_slope) > 0:
+            raise ValueError(f"response_slope must be > 0 or null, got {cal.response_slope}")
+        if not isinstance(cal.rescaled, dict):
+            raise ValueError(f"rescaled must be an object, got {cal.rescaled!r}")
         return cal
 
     def reach_um(self) -> float | None:
@@ -1039,6 +1055,9 @@ def fit_calibration(
                 mae_um=float(np.mean(np.abs(y[s] - pred[s]))),
             )
         )
+    # how the fitted depth follows the truth here: the reference of a specimen's focus
+    # steps (rescale_calibration)
+    response = robust_lstsq(np.stack([np.ones_like(y), y], axis=1), pred)[0][1]
     report = FitReport(
         r2=_r2(y, pred),
         r2_inliers=_r2(y[inl], pred[inl]),
@@ -1076,6 +1095,7 @@ def fit_calibration(
         fit=fit,
         deadzone=float(width),
         max_metric=None if reach is None else float(reach),
+        response_slope=float(response),
     )
     if spread_quantile is None or spread_quantile >= 1.0:
         return cal

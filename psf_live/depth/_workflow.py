@@ -29,16 +29,19 @@ from ._calib import (
     smooth_depth,
 )
 from ._metric import DEFAULT_LENS_AXIS
+from ._rescale import focus_step_slope, rescale_calibration
 
 __all__ = [
     "FrameDepth",
     "Mapper",
     "acquire_calibration_frames",
+    "acquire_focus_steps",
     "assign_tilts",
     "calibrate_frames",
     "frame_depth",
     "map_depth",
     "parse_tilts",
+    "rescale_frames",
 ]
 
 
@@ -157,6 +160,69 @@ def acquire_calibration_frames(
             frames.append(np.asarray(snap()))
             tilts.append(float(t))
     return frames, tilts
+
+
+def acquire_focus_steps(
+    snap: Callable[[], np.ndarray],
+    set_focus: Callable[[float], None],
+    steps_um: Sequence[float],
+) -> list[np.ndarray]:
+    """One frame at each focus step: ``set_focus(step)``, then ``snap()``.
+
+    ``set_focus`` moves the focal plane to ``step`` um from where it started (the
+    caller's stage, and its putting the stage back afterwards).
+    """
+    frames: list[np.ndarray] = []
+    for step in steps_um:
+        set_focus(float(step))
+        frames.append(np.asarray(snap()))
+    return frames
+
+
+def rescale_frames(
+    mapper: Mapper,
+    frames: Iterable[np.ndarray],
+    steps_um: Sequence[float],
+    calibration: DepthCalibration,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+) -> DepthCalibration:
+    """Rescale a grid calibration for a specimen from its frames at known focus steps.
+
+    Each frame is mapped and read as the ``depth`` command reads it (:func:`map_depth`:
+    neighbour check, then the calibration's limits), the depth change per micrometre of
+    step is measured (:func:`~psf_live.depth.focus_step_slope`) and the calibration
+    rescaled to it (:func:`~psf_live.depth.rescale_calibration`).
+
+    Parameters
+    ----------
+    mapper : Mapper
+        PSF mapper of the calibration's network (made the same way: test-time
+        augmentation as the calibration's).
+    frames : iterable of numpy.ndarray
+        2D frames of one field of the specimen, one per step, nothing moved but focus.
+    steps_um : sequence of float
+        Focal-plane position of each frame (um, positive farther from the objective).
+    calibration : DepthCalibration
+        The tilted-grid calibration.
+    progress : callable, optional
+        Wraps the frame iterable (e.g. ``tqdm``).
+
+    Returns
+    -------
+    DepthCalibration
+        Rescaled, with what was measured in ``rescaled``.
+
+    Raises
+    ------
+    CalibrationError
+        See :func:`~psf_live.depth.focus_step_slope` and
+        :func:`~psf_live.depth.rescale_calibration`; also the mapper's network not
+        being the calibration's.
+    """
+    it: Iterable[Any] = frames if progress is None else progress(frames)
+    depths = [map_depth(mapper.map(f), calibration, full=False).grid for f in it]
+    slope, n = focus_step_slope(depths, steps_um)
+    return rescale_calibration(calibration, slope, steps_um=steps_um, n_patches=n)
 
 
 @dataclass(frozen=True)
