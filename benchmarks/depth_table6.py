@@ -25,6 +25,15 @@ A table of the error against the smoothing radius (``smooth_depth``, the ``depth
 command's ``--smooth``) follows the main one, on the test planes and, with ``--curved``,
 on grids bent to those radii of curvature (um), where the smoothing's bias shows.
 
+A specimen is not the grid: ``--other-samples cells,points`` maps tilted fields of the
+simulator's other samples with the grid's calibration, and ``--rescale-steps`` adds the
+calibration rescaled for each from focus steps of one flat field of it (``psf-live
+rescale-depth``); ``--sample`` runs the whole benchmark on another sample.
+
+    .venv/bin/python benchmarks/depth_table6.py --model zernike3-lens45 --tta --clean \
+        --smooth 1 --cache DIR --other-samples grid,cells,points \
+        --rescale-steps=-15,-10,-5,0,5,10,15                          # README, "On a specimen"
+
 PNGs (``--out``): the depth map of one test image next to the truth, and estimated vs
 true depth for all test patches.
 """
