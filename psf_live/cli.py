@@ -568,8 +568,12 @@ def rescale_depth(
             core.snapImage()
             return core.getImage()
 
+        def set_focus(dz: float) -> None:
+            core.setPosition(z0 + dz)
+            core.waitForSystem()  # a real stage settles before the frame
+
         try:
-            frames = acquire_focus_steps(snap, lambda dz: core.setPosition(z0 + dz), steps)
+            frames = acquire_focus_steps(snap, set_focus, steps)
         finally:
             core.setPosition(z0)
             core.unloadAllDevices()
