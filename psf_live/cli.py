@@ -620,6 +620,11 @@ def depth_cmd(
     except CalibrationError as exc:
         raise fail(str(exc)) from None
     frames, is_stack = _load_frames(image)
+    if cal.rescaled:  # say which scale the numbers are in
+        typer.echo(
+            f"{calibration}: rescaled x {cal.rescaled['total_factor']:.3f} from the grid's "
+            f"scale by focus steps of a specimen (rescale-depth)"
+        )
     name = model or cal.network.get("name") or None
     try:  # mapped the way the calibration was (with or without --tta)
         est = _load_estimator(name, tta=cal.tta_views)

@@ -384,6 +384,19 @@ def test_rescale_depth_from_a_focus_stack(
     base = DepthCalibration.load(cal)
     assert spec.coef[1] == pytest.approx(base.coef[1] * spec.rescaled["factor"])
     assert "depth x 1.2" in r.output
+    # the depth command says the file is in a specimen's scale
+    r = runner.invoke(
+        cli.app,
+        [
+            "depth",
+            _write(tmp_path, "t.tif", _frame(6)),
+            "-c",
+            str(out),
+            "-o",
+            str(tmp_path / "d.tif"),
+        ],
+    )
+    assert r.exit_code == 0 and "rescaled x 1.2" in r.output, r.output
     # the steps given with the wrong sign (a stage that moves the other way): refused
     bad = tmp_path / "bad.json"
     r = runner.invoke(
