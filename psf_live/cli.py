@@ -490,23 +490,6 @@ def _acquire_depth_calibration(  # type: ignore[no-untyped-def]
     return frames, frame_tilts, float(px)
 
 
-def _parse_steps(text: str) -> list[float]:
-    """``"-15,-10,0,10,15"`` (um) into floats, or a one-line usage error."""
-    import math
-
-    try:
-        steps = [float(v) for v in str(text).replace(" ", "").split(",") if v != ""]
-    except ValueError:
-        raise fail(
-            f"--z-steps {text!r}: expected comma-separated um, e.g. -10,-5,0,5,10"
-        ) from None
-    if not all(math.isfinite(v) for v in steps):
-        raise fail(f"--z-steps {text!r}: steps must be finite")
-    if len(set(steps)) < 3:
-        raise fail(f"--z-steps {text!r}: give at least 3 different focus steps")
-    return steps
-
-
 @app.command("rescale-depth")
 def rescale_depth(
     calibration: str = typer.Argument(..., help="calibrate-depth JSON (made on the grid)."),
@@ -536,9 +519,12 @@ def rescale_depth(
     field of the specimen, nothing moved but focus, measure the depth scale on it; the
     calibration is rescaled to read the specimen as it read its grid (README, Depth).
     """
-    from psf_live.depth import CalibrationError, DepthCalibration, rescale_frames
+    from psf_live.depth import CalibrationError, DepthCalibration, parse_steps, rescale_frames
 
-    steps = _parse_steps(z_steps)
+    try:
+        steps = parse_steps(z_steps)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     try:
         cal = DepthCalibration.load(calibration)
     except CalibrationError as exc:

@@ -189,3 +189,12 @@ def test_rescale_on_the_simulated_scope_fixes_a_sparse_specimens_scale() -> None
             for c in (cal, spec)
         ]
         assert abs(ratio[1] - 1) < abs(ratio[0] - 1) - 0.05
+
+
+def test_parse_steps() -> None:
+    from psf_live.depth import parse_steps
+
+    assert parse_steps("-10, -5,0,5,10") == [-10.0, -5.0, 0.0, 5.0, 10.0]
+    for bad, match in [("0,0,5", "at least 3"), ("a,1", "comma-separated"), ("1,nan,3", "finite")]:
+        with pytest.raises(ValueError, match=match):
+            parse_steps(bad)

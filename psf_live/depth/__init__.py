@@ -49,6 +49,7 @@ from ._workflow import (
     calibrate_frames,
     frame_depth,
     map_depth,
+    parse_steps,
     parse_tilts,
     rescale_frames,
 )
@@ -85,6 +86,7 @@ __all__ = [
     "frame_depth",
     "map_depth",
     "metric_reach",
+    "parse_steps",
     "parse_tilts",
     "rescale_calibration",
     "rescale_frames",

@@ -7,6 +7,7 @@ Nothing here touches hardware: frames come in as arrays (from files or from a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -29,7 +30,7 @@ from ._calib import (
     smooth_depth,
 )
 from ._metric import DEFAULT_LENS_AXIS
-from ._rescale import focus_step_slope, rescale_calibration
+from ._rescale import MIN_STEPS, focus_step_slope, rescale_calibration
 
 __all__ = [
     "FrameDepth",
@@ -40,6 +41,7 @@ __all__ = [
     "calibrate_frames",
     "frame_depth",
     "map_depth",
+    "parse_steps",
     "parse_tilts",
     "rescale_frames",
 ]
@@ -53,20 +55,34 @@ class Mapper(Protocol):
         ...
 
 
+def _parse_floats(text: str, option: str, example: str) -> list[float]:
+    """Comma-separated numbers of a command-line option; ValueError naming it."""
+    try:
+        values = [float(t) for t in str(text).replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected comma-separated {example}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{option} {text!r}: values must be finite")
+    return values
+
+
 def parse_tilts(text: str) -> list[float]:
     """Parse ``"3,6,10"`` (degrees, comma separated) into floats; ValueError when malformed."""
-    try:
-        tilts = [float(t) for t in str(text).replace(" ", "").split(",") if t != ""]
-    except ValueError:
-        raise ValueError(
-            f"--tilt-deg {text!r}: expected comma-separated degrees, e.g. 3,6,10"
-        ) from None
+    tilts = _parse_floats(text, "--tilt-deg", "degrees, e.g. 3,6,10")
     if not tilts:
         raise ValueError("--tilt-deg: no tilt given")
     bad = [t for t in tilts if not -45.0 < t < 45.0]
     if bad:
         raise ValueError(f"--tilt-deg: tilts must lie within (-45, 45) degrees, got {bad}")
     return tilts
+
+
+def parse_steps(text: str) -> list[float]:
+    """Parse focus steps ``"-10,-5,0,5,10"`` (um); ValueError unless 3 or more differ."""
+    steps = _parse_floats(text, "--z-steps", "um, e.g. -10,-5,0,5,10")
+    if len(set(steps)) < MIN_STEPS:
+        raise ValueError(f"--z-steps {text!r}: give at least {MIN_STEPS} different focus steps")
+    return steps
 
 
 def assign_tilts(n_items: int, tilts: Sequence[float]) -> list[float]:
