@@ -406,7 +406,7 @@ def specimen_rescale(
         sample_seed=args.seed + 3,
         sample_offset_um=(37.0, 91.0),
     )
-    est = Estimator.load(args.model, tta=cal.tta_views if cal.tta_views > 1 else False)
+    est = Estimator.load(args.model, tta=cal.tta_views)
     frames = [scope.snap(dz, args.exposure_ms) for dz in steps]
     return rescale_frames(est, frames, steps, cal)
 

@@ -531,16 +531,13 @@ def rescale_depth(
         raise fail(str(exc)) from None
     if bool(stack) == bool(config):
         raise fail("give the specimen's focus stack or --config (not both, not neither)")
-    name = model or cal.network.get("name") or None
-    try:  # mapped the way the calibration was (with or without --tta)
-        est = _load_estimator(name, tta=cal.tta_views if cal.tta_views > 1 else False)
-    except Exception as exc:
-        raise fail(f"cannot load model {name or 'zernike3'!r}: {exc}") from None
     if stack:
         frames, _ = _load_frames(stack)
         if len(frames) != len(steps):
             raise fail(f"{stack}: {len(frames)} frames but {len(steps)} focus steps")
-    else:
+    # the calibration's network, mapped its way and checked before any camera starts
+    est = _calibrated_estimator(model, cal, calibration)
+    if not stack:
         from psf_live.acquire import open_core
         from psf_live.depth import acquire_focus_steps
 

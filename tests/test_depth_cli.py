@@ -372,7 +372,7 @@ def test_rescale_depth_from_a_focus_stack(
     stack = _write(
         tmp_path, "spec.tif", np.stack([np.full(SHAPE, 100 + s, np.float32) for s in steps])
     )
-    monkeypatch.setattr(cli, "_load_estimator", lambda model, tta=False: StepMapper(0.8))
+    monkeypatch.setattr(cli, "_calibrated_estimator", lambda *a, **k: StepMapper(0.8))
     out = tmp_path / "spec.json"
     r = runner.invoke(
         cli.app, ["rescale-depth", str(cal), stack, "-z", "-10,-5,0,5,10", "-o", str(out)]
