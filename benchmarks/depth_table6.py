@@ -45,7 +45,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -285,6 +285,7 @@ def evaluate(
     clean: bool = False,
     smooth: int = 0,
     axis: TiltAxis = "xy",
+    edges: Literal["shift", "cut"] = "shift",
 ) -> dict[float, dict[str, Any]]:
     """Per-tilt figures over the test items (``smooth``: local planes, smooth_depth)."""
     res: dict[float, dict[str, Any]] = {}
@@ -295,7 +296,7 @@ def evaluate(
             est = clean_depth(est, m.centers_y, m.centers_x)
             est = np.where(beyond_reach(m, cal) | beyond_spread(m, cal), np.nan, est)
         if smooth:
-            est = smooth_depth(est, m.centers_y, m.centers_x, radius=smooth)
+            est = smooth_depth(est, m.centers_y, m.centers_x, radius=smooth, edges=edges)
         truth = it.get("truth_grid")
         if truth is None:
             truth = true_depth_grid(m.centers_y, m.centers_x, it["tilt"], axis, PX, SHAPE)
@@ -373,7 +374,9 @@ def smoothing_table(items: list[dict[str, Any]], cal: DepthCalibration, args: An
     for label, its, rc in rows:
         cells = []
         for k in (0, 1, 2):
-            ev = evaluate(its, cal, clean=args.clean, smooth=k, axis=args.tilt_axis)
+            ev = evaluate(
+                its, cal, clean=args.clean, smooth=k, axis=args.tilt_axis, edges=args.smooth_edges
+            )
             rel = np.mean([r["rel_mean"] for r in ev.values()])
             r2 = min(r["r2"] for r in ev.values())
             cells.append(f"{rel:.2f} % (R^2 {r2:.4f})")
@@ -446,7 +449,14 @@ def other_samples_table(cal: DepthCalibration, args: Any) -> None:
             cals.append((f"rescaled x{rc.rescaled['factor']:.3f}", rc))
         for label, c in cals:
             evs = [
-                evaluate(items, c, clean=args.clean, smooth=k, axis=args.tilt_axis)
+                evaluate(
+                    items,
+                    c,
+                    clean=args.clean,
+                    smooth=k,
+                    axis=args.tilt_axis,
+                    edges=args.smooth_edges,
+                )
                 for k in (0, 1, 2)
             ]
             for tilt in (*CAL_TILTS, *EXTRA_TILTS):
@@ -573,6 +583,13 @@ def main() -> int:
         help="axis of the simulated cylindrical lens (degrees from +x; the grid's lines run "
         "along x and y)",
     )
+    ap.add_argument(
+        "--smooth-edges",
+        choices=("shift", "cut"),
+        default="shift",
+        help="smoothing windows at the map's border: shifted inwards to their full size "
+        "(smooth_depth's default) or cut by the border (before 2026-12-04's ninth stop)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gt-focus-noise", type=float, default=0.01, help="waves RMS")
@@ -676,7 +693,12 @@ def main() -> int:
         )
 
     res = evaluate(
-        test_items + extra_items, cal, clean=args.clean, smooth=args.smooth, axis=args.tilt_axis
+        test_items + extra_items,
+        cal,
+        clean=args.clean,
+        smooth=args.smooth,
+        axis=args.tilt_axis,
+        edges=args.smooth_edges,
     )
     smoothed = f", smoothed over {args.smooth} patches (smooth_depth)" if args.smooth else ""
     print(

@@ -71,11 +71,20 @@ def test_curvature_costs_the_analytic_bias() -> None:
     assert s[4, 4] - z[4, 4] == pytest.approx(1.12, abs=0.01)
 
 
-def _plane_at_centre(d: np.ndarray, cy: np.ndarray, cx: np.ndarray, r: int) -> np.ndarray:
-    """Reference: one least-squares plane per finite patch (minimum norm if degenerate)."""
+def _plane_at_centre(
+    d: np.ndarray, cy: np.ndarray, cx: np.ndarray, r: int, edges: str = "shift"
+) -> np.ndarray:
+    """Reference: one least-squares plane per finite patch (minimum norm if degenerate),
+    on its window cut by the border or shifted inwards to its full size."""
     out = np.full(d.shape, np.nan)
+    rows, cols = d.shape
     for i, j in zip(*np.nonzero(np.isfinite(d)), strict=True):
-        sl = (slice(max(0, i - r), i + r + 1), slice(max(0, j - r), j + r + 1))
+        if edges == "cut":
+            sl = (slice(max(0, i - r), i + r + 1), slice(max(0, j - r), j + r + 1))
+        else:
+            i0 = min(max(i - r, 0), max(rows - 2 * r - 1, 0))
+            j0 = min(max(j - r, 0), max(cols - 2 * r - 1, 0))
+            sl = (slice(i0, i0 + 2 * r + 1), slice(j0, j0 + 2 * r + 1))
         yy, xx = np.meshgrid(cy[sl[0]] - cy[i], cx[sl[1]] - cx[j], indexing="ij")
         ok = np.isfinite(d[sl])
         A = np.stack([np.ones(int(ok.sum())), yy[ok], xx[ok]], axis=1)
@@ -91,6 +100,36 @@ def test_matches_a_plane_fit_per_window_where_holes_make_windows_degenerate() ->
         d = rng.normal(0.0, 5.0, (CY.size, CX.size)) + _grid(lambda y, x: 0.01 * x)
         d[rng.random(d.shape) < holes] = np.nan
         for r in (1, 2):
-            np.testing.assert_allclose(
-                smooth_depth(d, CY, CX, radius=r), _plane_at_centre(d, CY, CX, r), atol=1e-4
-            )
+            for edges in ("shift", "cut"):
+                np.testing.assert_allclose(
+                    smooth_depth(d, CY, CX, radius=r, edges=edges),  # type: ignore[arg-type]
+                    _plane_at_centre(d, CY, CX, r, edges),
+                    atol=1e-4,
+                )
+    small = rng.normal(0.0, 1.0, (3, 4))  # fewer patches than a window: the whole map
+    np.testing.assert_allclose(
+        smooth_depth(small, CY[:3], CX[:4], radius=2),
+        _plane_at_centre(small, CY[:3], CX[:4], 2),
+        atol=1e-4,
+    )
+
+
+def test_border_windows_shift_inwards_and_average_more() -> None:
+    """With radius 2 the plane is read 2 patches off the centre of a full 5 x 5 window
+    on the edge row: SD sqrt(1/25 + 4/50) = 0.346 (a window cut by the border: 3 x 5,
+    sqrt(1/15 + 1/10) = 0.408); in a corner sqrt(1/25 + 8/50) = 0.447 (cut: 3 x 3,
+    0.667). Independent maps; the middle of each edge and each corner, far apart."""
+    mid = [(0, 7), (14, 7), (7, 0), (7, 14)]
+    corner = [(0, 0), (0, 14), (14, 0), (14, 14)]
+    got: dict[str, list[float]] = {}
+    for k in range(150):
+        d = np.random.default_rng(100 + k).normal(0.0, 1.0, (15, 15))
+        for edges in ("shift", "cut"):
+            s = smooth_depth(d, CY, CY, radius=2, edges=edges)  # type: ignore[arg-type]
+            got.setdefault(f"{edges} edge", []).extend(float(s[p]) for p in mid)
+            got.setdefault(f"{edges} corner", []).extend(float(s[p]) for p in corner)
+    expected = {"shift edge": 0.346, "cut edge": 0.408, "shift corner": 0.447, "cut corner": 0.667}
+    for key, sd in expected.items():
+        assert float(np.std(got[key])) == pytest.approx(sd, rel=0.08), key
+    with pytest.raises(ValueError, match="edges"):
+        smooth_depth(d, CY, CY, radius=1, edges="wrap")  # type: ignore[arg-type]

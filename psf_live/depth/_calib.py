@@ -580,13 +580,21 @@ def smooth_depth(
     centers_y: npt.ArrayLike,
     centers_x: npt.ArrayLike,
     radius: int = 1,
+    edges: Literal["shift", "cut"] = "shift",
 ) -> np.ndarray:
     """Local-plane smoothing of a depth map: precision for lateral resolution.
 
     Each finite patch gets the value at its centre of the least-squares plane through
-    the finite patches within ``radius`` patches (itself included); NaN patches stay
-    NaN (where the neighbours are too few to fix a plane, the least-squares solution
-    of smallest norm is used: a patch alone keeps its value). The network's depth
+    the finite patches of its window, ``(2 radius + 1)`` patches on a side around it
+    (itself included); NaN patches stay NaN (where the neighbours are too few to fix a
+    plane, the least-squares solution of smallest norm is used: a patch alone keeps its
+    value). Near the map's border the window is shifted inwards to keep its size
+    (``edges="shift"``, the default) rather than cut by the border (``"cut"``): the
+    plane is then read off-centre, which for independent errors of SD 1 and
+    ``radius=2`` gives SD 0.35 on the edge row instead of 0.41 and 0.45 in a corner
+    instead of 0.67 (the border ring of a 15 x 15 map is 46 % of its patches with
+    ``radius=2``; on the depth benchmark the 3 deg error fell from 0.97 to 0.89 %). The
+    curvature bias there is at most the interior's, of the other sign. The network's depth
     errors are nearly independent from patch to patch (neighbour correlation 0.16
     along x, -0.06 along y on the depth benchmark), so averaging
     ``(2 radius + 1)^2`` patches divides them by up to ``2 radius + 1``; a plane is kept
@@ -603,6 +611,8 @@ def smooth_depth(
         Patch centres (pixels).
     radius : int
         Neighbourhood half-width in patches (0 returns a float32 copy).
+    edges : {"shift", "cut"}
+        Windows at the border: shifted inwards to their full size, or cut by it.
 
     Returns
     -------
@@ -611,14 +621,17 @@ def smooth_depth(
     """
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
+    if edges not in ("shift", "cut"):
+        raise ValueError(f"edges must be 'shift' or 'cut', got {edges!r}")
     d = np.asarray(depth, dtype=np.float64)
     if radius == 0:
         return d.astype(np.float32)
     # All windows at once (about 2 ms for a 15 x 15 map, against 10 ms for a plane fit
-    # per patch): the normal equations of every window, summed over the (2 radius + 1)^2
-    # shifts of the grid, in offsets from the window's own patch (exact zeros where the
-    # window is collinear), then one batched pseudo-inverse. The window always holds its
-    # own patch, so the plane's value there is unique even where the slopes are not.
+    # per patch): the normal equations of every window, summed over the shifts of the
+    # grid that reach a patch of some window, in offsets from the window's own patch
+    # (exact zeros where the window is collinear), then one batched pseudo-inverse. The
+    # window always holds its own patch, so the plane's value there is unique even where
+    # the slopes are not.
     cy = np.asarray(centers_y, dtype=np.float64)
     cx = np.asarray(centers_x, dtype=np.float64)
     rows, cols = d.shape
@@ -626,15 +639,21 @@ def smooth_depth(
     unit = float(np.median(steps)) if steps.size else 1.0  # offsets in patch spacings
     fin = np.isfinite(d)
     z = np.where(fin, d, 0.0)
+    lo_r, hi_r = _window_span(rows, radius, edges)
+    lo_c, hi_c = _window_span(cols, radius, edges)
+    reach = 2 * radius if edges == "shift" else radius
     normal = np.zeros((rows, cols, 3, 3))
     rhs = np.zeros((rows, cols, 3))
-    for a in range(-radius, radius + 1):
-        for b in range(-radius, radius + 1):
+    for a in range(-reach, reach + 1):
+        for b in range(-reach, reach + 1):
             i0, i1 = max(0, -a), min(rows, rows - a)  # patches whose neighbour (+a, +b)
             j0, j1 = max(0, -b), min(cols, cols - b)  # lies on the grid
             if i0 >= i1 or j0 >= j1:
                 continue
-            w = fin[i0 + a : i1 + a, j0 + b : j1 + b]
+            ni, nj = np.arange(i0, i1) + a, np.arange(j0, j1) + b
+            in_r = (ni >= lo_r[i0:i1]) & (ni <= hi_r[i0:i1])  # ... and in their window
+            in_c = (nj >= lo_c[j0:j1]) & (nj <= hi_c[j0:j1])
+            w = fin[i0 + a : i1 + a, j0 + b : j1 + b] & in_r[:, None] & in_c[None, :]
             u = (cy[i0 + a : i1 + a] - cy[i0:i1])[:, None] / unit
             v = (cx[j0 + b : j1 + b] - cx[j0:j1])[None, :] / unit
             f = np.stack(np.broadcast_arrays(np.ones_like(u * v), u, v), -1) * w[..., None]
@@ -644,6 +663,15 @@ def smooth_depth(
     inv = np.where(S > 1e-10 * S[..., :1], 1.0 / np.where(S > 0, S, 1.0), 0.0)
     coef = np.einsum("...ji,...j,...kj,...k->...i", Vt, inv, U, rhs)
     return np.where(fin, coef[..., 0], d).astype(np.float32)  # NaN (or inf) patches stay
+
+
+def _window_span(n: int, radius: int, edges: str) -> tuple[np.ndarray, np.ndarray]:
+    """First and last index of each of ``n`` patches' windows along one axis."""
+    idx = np.arange(n)
+    if edges == "cut":
+        return np.maximum(idx - radius, 0), np.minimum(idx + radius, n - 1)
+    lo = np.clip(idx - radius, 0, max(n - 2 * radius - 1, 0))
+    return lo, np.minimum(lo + 2 * radius, n - 1)
 
 
 def _neighbour_stack(
