@@ -626,12 +626,12 @@ def smooth_depth(
     d = np.asarray(depth, dtype=np.float64)
     if radius == 0:
         return d.astype(np.float32)
-    # All windows at once (about 2 ms for a 15 x 15 map, against 10 ms for a plane fit
-    # per patch): the normal equations of every window, summed over the shifts of the
-    # grid that reach a patch of some window, in offsets from the window's own patch
-    # (exact zeros where the window is collinear), then one batched pseudo-inverse. The
-    # window always holds its own patch, so the plane's value there is unique even where
-    # the slopes are not.
+    # All windows at once (1.4 / 3.6 ms for a 15 x 15 map with radius 1 / 2, against
+    # 10 ms for a plane fit per patch): the normal equations of every window, summed over
+    # the shifts of the grid that reach a patch of some window, in offsets from the
+    # window's own patch (exact zeros where the window is collinear), then one batched
+    # pseudo-inverse. The window always holds its own patch, so the plane's value there
+    # is unique even where the slopes are not.
     cy = np.asarray(centers_y, dtype=np.float64)
     cx = np.asarray(centers_x, dtype=np.float64)
     rows, cols = d.shape
