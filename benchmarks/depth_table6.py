@@ -518,6 +518,7 @@ def calibrate(
         spread_quantile=args.spread_quantile,
         deadzone=args.deadzone if args.deadzone == "auto" else float(args.deadzone),
         max_metric="auto" if args.reach == "auto" else None,
+        reach_ratio=args.reach_ratio,
         lens_axis=math.radians(args.lens_axis_deg),
     )
 
@@ -636,6 +637,13 @@ def main() -> int:
         choices=["auto", "none"],
         help="leave out patches beyond the network's reach (fit_calibration's max_metric: "
         "auto, the default) or keep them (none)",
+    )
+    ap.add_argument(
+        "--reach-ratio",
+        type=float,
+        default=0.5,
+        help="with --reach auto: fit_calibration's reach_ratio (0.5: where the metric turns "
+        "flat; 0.85: where it first bends)",
     )
     ap.add_argument(
         "--stride",

@@ -327,6 +327,13 @@ def calibrate_depth(
         help="Width taken off the signed metric near focus, where a network's focus "
         "output cannot go below zero: auto (fitted, default), 0 (none) or a width.",
     ),
+    reach_ratio: float = typer.Option(
+        0.5,
+        "--reach-ratio",
+        help="The network's reach ends where the metric's slope against depth falls "
+        "below this share of its slope near focus: 0.5 where it turns flat (default), "
+        "0.85 where it first bends (the linear range; in (0, 1]).",
+    ),
     config: str = typer.Option(
         None, "--config", "-c", help="Acquire live from this scope (.cfg; 'sim' = simulator)."
     ),
@@ -359,6 +366,8 @@ def calibrate_depth(
         raise fail(f"--tta-views must be 2, 4 or 8, got {tta_views}")
     if not 0.0 < spread_quantile <= 1.0:
         raise fail(f"--spread-quantile must be in (0, 1], got {spread_quantile}")
+    if not 0.0 < reach_ratio <= 1.0:
+        raise fail(f"--reach-ratio must be in (0, 1], got {reach_ratio}")
     dz: float | Literal["auto"] = "auto"
     if deadzone != "auto":
         try:
@@ -417,6 +426,7 @@ def calibrate_depth(
             fit=fit,
             spread_quantile=spread_quantile,
             deadzone=dz,
+            reach_ratio=reach_ratio,
         )
     except CalibrationError as exc:
         raise fail(f"calibration refused: {exc}") from None

@@ -211,6 +211,8 @@ def test_calibration_refused_and_bad_input(tmp_path: Path, fake: TiltMapper) -> 
         (["calibrate-depth", a, "-t", "3", "--axis", "z", "-o", "c.json"], "--axis"),
         (["calibrate-depth", a, "-t", "3", "--deadzone", "-1", "-o", "c.json"], "--deadzone"),
         (["calibrate-depth", a, "-t", "3", "--deadzone", "wide", "-o", "c.json"], "--deadzone"),
+        (["calibrate-depth", a, "-t", "3", "--reach-ratio", "0", "-o", "c.json"], "--reach-ratio"),
+        (["calibrate-depth", a, "-t", "3", "--reach-ratio", "nan", "-o", "c.json"], "(0, 1]"),
         (
             ["depth", a, "-c", str(tmp_path / "none.json"), "-o", "d.tif"],
             "none.json: no such calibration file",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from psf_live.depth import (
+    CalibrationError,
     DepthCalibration,
     beyond_reach,
     clean_depth,
@@ -163,3 +164,40 @@ def test_frame_depth_checks_neighbours_before_the_spread_limit():
     assert np.isnan(fd.grid[i, j]) and np.isnan(fd.grid[block]).all()
     assert fd.n_spread >= int(block.sum()) - 2 and fd.n_beyond == 0
     assert "whose views disagree" in fd.line()
+
+
+def _two_bends(f: np.ndarray, k1: float = 0.7, k2: float = 1.0) -> np.ndarray:
+    """A response that first bends (slope 0.6 beyond ``k1`` waves), then turns flat at ``k2``."""
+    top = k1 + 0.6 * (k2 - k1)
+    return np.where(f <= k1, f, np.where(f <= k2, k1 + 0.6 * (f - k1), top + 0.03 * (f - k2)))
+
+
+def test_reach_ratio_picks_the_first_bend_or_the_flat():
+    """The default ratio 0.5 ends the reach where the response turns flat, 0.85 where it
+    first bends: the linear range a linear calibration needs (README, "Depth")."""
+    rng = np.random.default_rng(5)
+    d = rng.uniform(-75, 75, 6000)
+    m = np.sign(d) * (_two_bends(np.abs(d) * WAVES_PER_UM) + 0.01 * rng.standard_normal(d.size))
+    flat = metric_reach(m, d)
+    bend = metric_reach(m, d, ratio=0.85)
+    assert flat is not None and 0.84 <= flat <= 0.88  # flat beyond 0.88
+    assert bend is not None and 0.64 <= bend <= 0.70  # bends at 0.70
+    # through fit_calibration, on maps of tilted planes (few patches reach the flat part)
+    maps = []
+    for t in (3, 6, 10, 3, 6, 10):
+        truth = true_depth_grid(CY, CX, t, "xy", PX, SHAPE)
+        mp = synthetic_psf_map(truth, CY, CX, SHAPE, focus_noise=0.01, rng=rng)
+        f = _two_bends(np.abs(truth) * WAVES_PER_UM)
+        mp.params[..., 0] = f + 0.01 * rng.standard_normal(truth.shape)
+        maps.append(mp)
+    tilts = [3, 6, 10, 3, 6, 10]
+    loose = fit_calibration(maps, tilts, axis="xy", pixel_size_um=PX)
+    strict = fit_calibration(maps, tilts, axis="xy", pixel_size_um=PX, reach_ratio=0.85)
+    assert loose.max_metric is None or loose.max_metric > 0.8
+    assert strict.max_metric is not None and strict.max_metric < 0.7
+    # only the linear range is fitted: the slope is the response's near focus, 1/W um/wave
+    assert strict.coef[1] == pytest.approx(1 / WAVES_PER_UM, rel=0.01)
+    assert abs(loose.coef[1] * WAVES_PER_UM - 1) > abs(strict.coef[1] * WAVES_PER_UM - 1)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(CalibrationError, match="reach_ratio"):
+            fit_calibration(maps, tilts, axis="xy", pixel_size_um=PX, reach_ratio=bad)

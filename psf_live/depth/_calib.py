@@ -51,6 +51,8 @@ MIN_RANGE_UM = 1.0
 CALIBRATION_VERSION = 1
 SPREAD_QUANTILE = 0.9
 """Default share of calibration patches whose test-time-augmentation spread is accepted."""
+REACH_RATIO = 0.5
+"""Default share of the near-focus slope below which a response counts as levelled off."""
 
 
 class CalibrationError(ValueError):
@@ -927,6 +929,7 @@ def fit_calibration(
     spread_quantile: float | None = SPREAD_QUANTILE,
     deadzone: float | Literal["auto"] = "auto",
     max_metric: float | Literal["auto"] | None = "auto",
+    reach_ratio: float = REACH_RATIO,
 ) -> DepthCalibration:
     """Fit a depth calibration on PSF maps of a tilted grid of known geometry.
 
@@ -978,6 +981,12 @@ def fit_calibration(
         the fit and of depth maps. ``"auto"`` (default) measures it on the calibration
         patches (:func:`metric_reach`: where the metric stops growing with the true
         depth); None keeps every patch.
+    reach_ratio : float
+        With ``max_metric="auto"``: :func:`metric_reach`'s ``ratio``, the share of its
+        slope near focus below which the response counts as levelled off, in (0, 1].
+        The default 0.5 finds where it turns flat; a stricter 0.85 stops where it
+        first bends, and gives a linear calibration only its linear range (measured
+        on the depth benchmark in the paper's geometry: README, "Depth").
 
     Returns
     -------
@@ -1030,7 +1039,9 @@ def fit_calibration(
     base = np.concatenate(xs)
     y = np.concatenate(ys)
     ii = np.concatenate(idx)
-    reach = metric_reach(base, y) if max_metric == "auto" else max_metric
+    if not 0.0 < reach_ratio <= 1.0:
+        raise CalibrationError(f"reach_ratio must be in (0, 1], got {reach_ratio}")
+    reach = metric_reach(base, y, ratio=reach_ratio) if max_metric == "auto" else max_metric
     if reach is not None:
         if not (isinstance(reach, (int, float)) and float(reach) > 0):
             raise CalibrationError(f"max_metric must be 'auto', None or > 0, got {reach!r}")
@@ -1233,7 +1244,7 @@ def metric_reach(
     *,
     bins: int = 12,
     min_count: int = 20,
-    ratio: float = 0.5,
+    ratio: float = REACH_RATIO,
 ) -> float | None:
     """Return the ``|metric|`` beyond which a network stops telling depths apart.
 

@@ -17,6 +17,7 @@ import numpy as np
 from ..psf import TiltAxis
 from ._calib import (
     MIN_R2,
+    REACH_RATIO,
     SPREAD_QUANTILE,
     DepthCalibration,
     PlaneTilt,
@@ -120,6 +121,7 @@ def calibrate_frames(
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
     spread_quantile: float | None = SPREAD_QUANTILE,
     deadzone: float | Literal["auto"] = "auto",
+    reach_ratio: float = REACH_RATIO,
 ) -> DepthCalibration:
     """Map every calibration frame and fit a :class:`DepthCalibration` on the maps.
 
@@ -131,7 +133,8 @@ def calibrate_frames(
         2D frames of a tilted grid, in-focus line through the centre of the field.
     tilts_deg : sequence of float
         Tilt of each frame.
-    axis, pixel_size_um, features, lens_axis, min_r2, fit, spread_quantile, deadzone
+    axis, pixel_size_um, features, lens_axis, min_r2, fit, spread_quantile, deadzone,
+    reach_ratio
         See :func:`~psf_live.depth.fit_calibration`.
     progress : callable, optional
         Wraps the frame iterable (e.g. ``tqdm``).
@@ -153,6 +156,7 @@ def calibrate_frames(
         fit=fit,
         spread_quantile=spread_quantile,
         deadzone=deadzone,
+        reach_ratio=reach_ratio,
     )
 
 
