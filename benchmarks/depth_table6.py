@@ -66,7 +66,7 @@ from psf_live.depth import (
     depth_full,
     depth_map,
     fit_calibration,
-    fit_depth_plane,
+    sample_plane,
     smooth_depth,
     synthetic_psf_map,
     true_depth_grid,
@@ -309,7 +309,7 @@ def evaluate(
         if truth is None:
             truth = true_depth_grid(m.centers_y, m.centers_x, it["tilt"], axis, PX, SHAPE)
         ok = np.isfinite(est)
-        plane = fit_depth_plane(est, m.centers_y, m.centers_x, PX, SHAPE)
+        plane = sample_plane(est, m.centers_y, m.centers_x, cal, SHAPE)  # as map_depth
         r = res.setdefault(
             it["tilt"], {"t": [], "e": [], "tilt_est": [], "sign_ok": 0, "n": 0, "n_all": 0}
         )

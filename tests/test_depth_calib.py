@@ -379,6 +379,31 @@ def test_inverse_fit_keeps_the_tilt_under_metric_noise():
         fit_calibration(maps, [6, 10, 6, 10], features="signed-cubic", fit="inverse")
 
 
+def test_sample_plane_undoes_the_forward_fits_shrinkage():
+    """The forward fit pulls depths towards the middle by its response slope (noise in
+    the metric); the sample's plane, through many patches, divides it out, and map_depth
+    (the depth command, panel and recordings) reports that plane."""
+    from psf_live.depth import map_depth, sample_plane
+
+    rng = np.random.default_rng(11)
+    maps = _maps([6, 10, 6, 10], rng, focus_noise=0.12)
+    fwd = fit_calibration(maps, [6, 10, 6, 10], fit="forward", min_r2=0.0)
+    assert fwd.response_slope is not None and fwd.response_slope < 0.97
+    test = _maps([8, 8, 8], np.random.default_rng(12), focus_noise=0.12)
+    plain = [fit_depth_plane(depth_map(m, fwd), CY, CX, PX, SHAPE).tilt_x_deg for m in test]
+    fixed = [sample_plane(depth_map(m, fwd), CY, CX, fwd, SHAPE).tilt_x_deg for m in test]
+    assert np.mean(plain) < 7.7
+    assert np.mean(fixed) == pytest.approx(8.0, abs=0.25)
+    via = [map_depth(m, fwd, full=False, clean=False).plane for m in test]
+    assert all(p is not None for p in via)
+    np.testing.assert_allclose([p.tilt_x_deg for p in via if p is not None], fixed, atol=1e-9)
+    # a calibration from before the response slope was stored gives the plain plane
+    old = DepthCalibration.from_dict({**fwd.to_dict(), "response_slope": None})
+    assert sample_plane(depth_map(test[0], old), CY, CX, old, SHAPE).tilt_x_deg == pytest.approx(
+        plain[0]
+    )
+
+
 def test_calibration_binds_the_tta_mode():
     """A calibration made on --tta maps refuses maps made without it, and vice versa."""
     meta = {"name": "zernike3", "sha256": "ab" * 32, "tta": True}

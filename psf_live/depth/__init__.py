@@ -5,7 +5,7 @@ A cylindrical lens makes the zernike3 astigmatism axis carry the sign of the def
 metric, :func:`fit_calibration` maps it to micrometres from tilted-grid images of known
 geometry (:func:`true_depth_grid`), :func:`rescale_frames` carries that scale over to a
 specimen from its frames at known focus steps, :class:`DepthCalibration` is the JSON file, and
-:func:`depth_map` / :func:`depth_full` / :func:`fit_depth_plane` give per-frame depth
+:func:`depth_map` / :func:`depth_full` / :func:`sample_plane` give per-frame depth
 maps and the tilt of the sample plane. Pure numpy; no hardware, no Qt.
 """
 
@@ -26,6 +26,7 @@ from ._calib import (
     fit_depth_plane,
     metric_reach,
     robust_lstsq,
+    sample_plane,
     smooth_depth,
     true_depth_grid,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "rescale_calibration",
     "rescale_frames",
     "robust_lstsq",
+    "sample_plane",
     "signed_focus",
     "smooth_depth",
     "synthetic_psf_map",

@@ -27,7 +27,7 @@ from ._calib import (
     depth_full,
     depth_map,
     fit_calibration,
-    fit_depth_plane,
+    sample_plane,
     smooth_depth,
 )
 from ._metric import DEFAULT_LENS_AXIS
@@ -353,9 +353,7 @@ def map_depth(
         grid = smooth_depth(grid, m.centers_y, m.centers_x, radius=smooth)
     plane = None
     if int(np.isfinite(grid).sum()) >= 3:
-        plane = fit_depth_plane(
-            grid, m.centers_y, m.centers_x, calibration.pixel_size_um, tuple(m.frame_shape)
-        )
+        plane = sample_plane(grid, m.centers_y, m.centers_x, calibration, tuple(m.frame_shape))
     fr = depth_full(grid, m.centers_y, m.centers_x, tuple(m.frame_shape)) if full else None
     return FrameDepth(
         grid,
