@@ -559,9 +559,9 @@ def repeats_table(first: dict[float, dict[str, Any]], args: Any) -> bool:
     )
     print(
         "| tilt | rel. error per set (%) | pooled rel. error (%) | R^2 per set (lowest) "
-        "| pooled R^2 | sets <= 1 % | sign right |"
+        "| pooled R^2 | sets <= 1 % | est. tilt (deg) | sign right |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     ok_rel = ok_r2 = ok_sign = True
     for tilt in (*CAL_TILTS, *EXTRA_TILTS):
         rs = [r[tilt] for r in runs]
@@ -575,9 +575,11 @@ def repeats_table(first: dict[float, dict[str, Any]], args: Any) -> bool:
         ok_r2 &= r2 >= 0.99
         ok_sign &= n_sign == n_img
         per = " / ".join(f"{r['rel_mean']:.2f}" for r in rs)
+        te = np.concatenate([r["tilt_est"] for r in rs])
         print(
             f"| {tilt:+g} | {per} | {rel:.2f} | {min(r['r2'] for r in rs):.4f} | {r2:.4f} | "
-            f"{sum(r['rel_mean'] <= 1.0 for r in rs)}/{len(rs)} | {n_sign}/{n_img} |"
+            f"{sum(r['rel_mean'] <= 1.0 for r in rs)}/{len(rs)} | {te.mean():+.2f} +- "
+            f"{te.std():.2f} | {n_sign}/{n_img} |"
         )
     means = [float(np.mean([r[t]["rel_mean"] for t in r])) for r in runs]
     print("mean over the tilts per set: " + " / ".join(f"{m:.2f} %" for m in means))

@@ -35,6 +35,14 @@ def test_repeats_pool_every_set(tmp_path: Path) -> None:
         # a pooled mean lies within its parts; the pooled R^2 is no lower than the worst set's
         assert min(sets) - 0.01 <= float(pooled) <= max(sets) + 0.01
         assert float(pooled_r2) >= float(lowest) - 1e-4
+    # every set's images' plane tilts, averaged: ground-truth maps read them closely
+    pooled = out.split("image sets (seeds")[1]
+    tilts = re.findall(
+        r"^\| ([+-]\d+) \| .* \| ([+-][\d.]+) \+- [\d.]+ \| \d+/\d+ \|$", pooled, re.M
+    )
+    assert len(tilts) == 6
+    for t, est in tilts:
+        assert float(est) == pytest.approx(float(t), abs=0.3)
     # the verdict and the exit status follow the pooled figures
     ok = re.search(
         r"pooled targets: rel\. error <= 1\.0 % (met|MISSED); R\^2 >= 0\.99 (met|MISSED)", out
