@@ -356,6 +356,20 @@ def evaluate(
     return res
 
 
+def evaluate_as_asked(
+    items: list[dict[str, Any]], cal: DepthCalibration, args: Any
+) -> dict[float, dict[str, Any]]:
+    """:func:`evaluate` with the command line's cleaning, smoothing, axis and edges."""
+    return evaluate(
+        items,
+        cal,
+        clean=args.clean,
+        smooth=args.smooth,
+        axis=args.tilt_axis,
+        edges=args.smooth_edges,
+    )
+
+
 def smoothing_table(items: list[dict[str, Any]], cal: DepthCalibration, args: Any) -> None:
     """Per-patch error vs smoothing radius on the test planes and on curved grids."""
     rows: list[tuple[str, list[dict[str, Any]], float]] = [
@@ -542,16 +556,7 @@ def repeats_table(first: dict[float, dict[str, Any]], args: Any) -> bool:
         items = make_images(image_tilts(args), args.seed + k, args.ground_truth_maps, args)
         cal_items, test_items, extra_items = split_items(items, args)
         cal = calibrate(cal_items, args, args.features, args.fit)
-        runs.append(
-            evaluate(
-                test_items + extra_items,
-                cal,
-                clean=args.clean,
-                smooth=args.smooth,
-                axis=args.tilt_axis,
-                edges=args.smooth_edges,
-            )
-        )
+        runs.append(evaluate_as_asked(test_items + extra_items, cal, args))
     seeds = f"seeds {args.seed}-{args.seed + args.repeats - 1}"
     print(
         f"\n{args.repeats} image sets ({seeds}; each calibrated and tested on its own, "
@@ -799,14 +804,7 @@ def main() -> int:
             f"are left out (quantile {args.spread_quantile:g} of the calibration patches)"
         )
 
-    res = evaluate(
-        test_items + extra_items,
-        cal,
-        clean=args.clean,
-        smooth=args.smooth,
-        axis=args.tilt_axis,
-        edges=args.smooth_edges,
-    )
+    res = evaluate_as_asked(test_items + extra_items, cal, args)
     smoothed = f", smoothed over {args.smooth} patches (smooth_depth)" if args.smooth else ""
     print(
         f"\ndepth maps {'cleaned (clean_depth)' if args.clean else 'as mapped'}{smoothed}; "
