@@ -179,6 +179,27 @@ def _curved_truth(full: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> dict[str,
     return {"truth_grid": grid, "range_um": float(np.ptp(full))}
 
 
+def sim_scope(args: Any, sample: str, seed: int, **scene: Any) -> Any:
+    """Return the benchmark's simulated scope, with its lens and tilt axis.
+
+    The cylindrical lens at ``--lens-axis-deg``, tilts along ``--tilt-axis``, and
+    ``scene`` set on top (``SimMicroscope.update``).
+    """
+    import torch
+
+    from psf_live.sim import SimMicroscope, SimSettings
+
+    torch.set_num_threads(args.threads)
+    scope = SimMicroscope(SimSettings(shape=SHAPE, sample=sample), seed=seed)
+    scope.update(
+        cylinder=0.25,
+        cylinder_axis=math.radians(args.lens_axis_deg),
+        tilt_axis=args.tilt_axis,
+        **scene,
+    )
+    return scope
+
+
 def make_images(
     tilts: list[float],
     seed: int,
@@ -226,19 +247,9 @@ def make_images(
             )
             out.append({"tilt": t, "map": m, **extra})
         return out
-    import torch
-
     from psf_live.estimate import Estimator
-    from psf_live.sim import SimMicroscope, SimSettings
 
-    torch.set_num_threads(args.threads)
-    scope = SimMicroscope(SimSettings(shape=SHAPE, sample=sample), seed=seed)
-    scope.update(
-        cylinder=0.25,
-        cylinder_axis=math.radians(args.lens_axis_deg),
-        tilt_axis=args.tilt_axis,
-        curvature_radius_um=curvature_um,
-    )
+    scope = sim_scope(args, sample, seed, curvature_radius_um=curvature_um)
     tta = args.tta_views if args.tta else False
     est = None if args.render_only else Estimator.load(args.model, tta=tta, stride=args.stride)
     try:
@@ -415,18 +426,13 @@ def specimen_rescale(
     As a user would (``psf-live rescale-depth``): one field of the specimen, untilted and
     at another position than the test images, imaged at each focal-plane step.
     """
-    import torch
-
     from psf_live.depth import rescale_frames
     from psf_live.estimate import Estimator
-    from psf_live.sim import SimMicroscope, SimSettings
 
-    torch.set_num_threads(args.threads)
-    scope = SimMicroscope(SimSettings(shape=SHAPE, sample=kind), seed=args.seed + 3)
-    scope.update(
-        cylinder=0.25,
-        cylinder_axis=math.radians(args.lens_axis_deg),
-        tilt_axis=args.tilt_axis,
+    scope = sim_scope(
+        args,
+        kind,
+        args.seed + 3,
         tilt_deg=0.0,
         sample_seed=args.seed + 3,
         sample_offset_um=(37.0, 91.0),

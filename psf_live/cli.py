@@ -470,7 +470,7 @@ def _acquire_depth_calibration(  # type: ignore[no-untyped-def]
     core, tilts: list[float], axis: str, per_tilt: int, pixel_size_um: float | None
 ):
     """Frames at each tilt: set in software on the simulator, by the user on a real scope."""
-    from psf_live.acquire import is_sim_with_tilt, sim_tilt_setter
+    from psf_live.acquire import is_sim_with_tilt, sim_tilt_setter, snapper
 
     sim = is_sim_with_tilt(core)
     px = pixel_size_um if pixel_size_um is not None else (core.getPixelSizeUm() or 0.64)
@@ -489,13 +489,9 @@ def _acquire_depth_calibration(  # type: ignore[no-untyped-def]
                 prompt_suffix=" ",
             )
 
-    def snap():  # type: ignore[no-untyped-def]
-        core.snapImage()
-        return core.getImage()
-
     from psf_live.depth import acquire_calibration_frames
 
-    frames, frame_tilts = acquire_calibration_frames(snap, tilts, set_tilt, per_tilt)
+    frames, frame_tilts = acquire_calibration_frames(snapper(core), tilts, set_tilt, per_tilt)
     typer.echo(f"acquired {len(frames)} frames ({'simulated' if sim else 'real'} scope)")
     return frames, frame_tilts, float(px)
 
@@ -548,7 +544,7 @@ def rescale_depth(
     # the calibration's network, mapped its way and checked before any camera starts
     est = _calibrated_estimator(model, cal, calibration)
     if not stack:
-        from psf_live.acquire import open_core
+        from psf_live.acquire import open_core, snapper
         from psf_live.depth import acquire_focus_steps
 
         try:
@@ -557,16 +553,12 @@ def rescale_depth(
             raise fail(str(exc)) from None
         z0 = core.getPosition()
 
-        def snap():  # type: ignore[no-untyped-def]
-            core.snapImage()
-            return core.getImage()
-
         def set_focus(dz: float) -> None:
             core.setPosition(z0 + dz)
             core.waitForSystem()  # a real stage settles before the frame
 
         try:
-            frames = acquire_focus_steps(snap, set_focus, steps)
+            frames = acquire_focus_steps(snapper(core), set_focus, steps)
         finally:
             core.setPosition(z0)
             core.unloadAllDevices()

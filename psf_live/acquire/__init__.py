@@ -7,6 +7,7 @@ from ._calibrate import (
     is_sim_with_tilt,
     sim_lens_axis,
     sim_tilt_setter,
+    snapper,
 )
 from ._core import ConfigError, declares_python_devices, default_config, open_core
 from ._live import FrameMapper, LiveMapper, LiveMapperSignals, LiveStats, MapTimings
@@ -32,4 +33,5 @@ __all__ = [
     "run_demo",
     "sim_lens_axis",
     "sim_tilt_setter",
+    "snapper",
 ]

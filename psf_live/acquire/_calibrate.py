@@ -16,6 +16,7 @@ __all__ = [
     "is_sim_with_tilt",
     "sim_lens_axis",
     "sim_tilt_setter",
+    "snapper",
 ]
 
 DEMO_TILTS = (3.0, 6.0, 10.0)
@@ -28,6 +29,20 @@ def is_sim_with_tilt(core: Any) -> bool:
     """Return True when the camera is the simulated one, whose sample tilt is a property."""
     cam = core.getCameraDevice()
     return bool(cam) and bool(core.hasProperty(cam, "TiltDeg"))
+
+
+def snapper(core: Any) -> Callable[[], np.ndarray]:
+    """``snap()`` for the acquisition helpers of :mod:`psf_live.depth`: one frame of ``core``.
+
+    Snaps and returns the camera's image (the frames of a calibration or of focus
+    steps are taken one by one, each after the scope was set for it).
+    """
+
+    def snap() -> np.ndarray:
+        core.snapImage()
+        return np.asarray(core.getImage())
+
+    return snap
 
 
 def sim_lens_axis(core: Any) -> float:
@@ -111,10 +126,7 @@ def calibrate_sim(
     z = core.getPosition()
     px = float(core.getPixelSizeUm() or 0.64)
 
-    def snap() -> np.ndarray:
-        core.snapImage()
-        return np.asarray(core.getImage())
-
+    snap = snapper(core)
     try:
         set_tilt = sim_tilt_setter(core, "x", np.random.default_rng(seed))
         frames, tilts = acquire_calibration_frames(snap, tilts_deg, set_tilt, frames_per_tilt)
